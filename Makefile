@@ -1,0 +1,26 @@
+# Two entry points: `make demo` (the main job on the local default) and `make test`.
+# Both create .venv from the pinned requirements on first use (pip, not uv: torch comes from local disk).
+PYTHON ?= python3
+VENV   := .venv
+REQS   := $(wildcard requirements/*.txt)
+STAMP  := $(VENV)/.installed-$(shell cat $(REQS) | sha1sum | cut -c1-12)
+
+.PHONY: setup demo test bench
+
+$(STAMP): $(REQS)
+	@test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/python -m pip install --quiet --disable-pip-version-check -r requirements/dev.txt
+	@rm -f $(VENV)/.installed-* && touch $@
+
+setup: $(STAMP)
+
+demo: setup
+	$(VENV)/bin/python -m dogbreeds.demo $(ARGS)
+
+# pytest exits 5 when it collected nothing: that is a failure here, not a pass.
+test: setup
+	@$(VENV)/bin/python -m pytest $(ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing" >&2; exit 1; fi; exit $$rc
+
+bench: setup
+	$(VENV)/bin/python bench/cached_vs_uncached.py
