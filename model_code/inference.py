@@ -11,8 +11,13 @@ Handler contract (DESIGN.md, Contract 2): ``model_fn(model_dir)``, ``input_fn(bo
 
 from __future__ import annotations
 
+import base64
+import binascii
 import io
+import json
 import os
+import re
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -93,6 +98,22 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img if img.mode == "RGB" else img.convert("RGB")
 
 
+# Only these decoders ever see request bytes; others (EPS runs Ghostscript, for one) stay unreachable.
+# Multi-picture JPEGs (MPO, from phones) come through the JPEG decoder.
+IMAGE_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
+_FORMAT_NAMES = "JPEG, PNG, WebP, GIF, BMP or TIFF"
+_open_formats: tuple[str, ...] = ()
+
+
+def _decoders() -> tuple[str, ...]:
+    """IMAGE_FORMATS that this Pillow build can open (WebP may be compiled out)."""
+    global _open_formats
+    if not _open_formats:
+        Image.init()
+        _open_formats = tuple(f for f in IMAGE_FORMATS if f in Image.OPEN)
+    return _open_formats
+
+
 def open_image(source, max_pixels: int = MAX_PIXELS, draft_size: int | None = None) -> Image.Image:
     """Decode bytes, a path or a file object into an upright RGB image.
 
@@ -105,16 +126,18 @@ def open_image(source, max_pixels: int = MAX_PIXELS, draft_size: int | None = No
             raise ClientError(400, "empty body: expected image bytes")
         source = io.BytesIO(bytes(source))
     try:
-        img = Image.open(source)
+        img = Image.open(source, formats=_decoders())
     except Image.DecompressionBombError as exc:
         raise ClientError(413, f"image too large to decode safely: {exc}") from None
-    except (OSError, ValueError) as exc:  # UnidentifiedImageError is an OSError
+    except Image.UnidentifiedImageError:
+        raise ClientError(400, f"not an image: the data is not {_FORMAT_NAMES}") from None
+    except (OSError, ValueError, SyntaxError) as exc:
         raise ClientError(400, f"not an image Pillow can read ({type(exc).__name__}: {exc})") from None
     width, height = img.size
     if width * height > max_pixels:
         raise ClientError(413, f"image is {width}x{height} = {width * height:,} pixels, over the "
                                f"limit of {max_pixels:,} pixels")
-    if draft_size and img.format == "JPEG":
+    if draft_size and img.format in ("JPEG", "MPO"):
         img.draft("RGB", (draft_size, draft_size))
     try:
         img.load()
@@ -123,10 +146,347 @@ def open_image(source, max_pixels: int = MAX_PIXELS, draft_size: int | None = No
         raise ClientError(413, f"image too large to decode safely: {exc}") from None
     except (OSError, ValueError, SyntaxError) as exc:  # truncated data, broken chunks
         raise ClientError(400, f"image data is corrupt or truncated ({exc})") from None
-    return to_rgb(img)
+    try:
+        return to_rgb(img)
+    except (OSError, ValueError) as exc:  # a mode this Pillow build cannot convert to RGB
+        raise ClientError(400, f"unsupported {img.format} image mode {img.mode} ({exc})") from None
 
 
 def load_image_file(path: str | Path, image_size: int) -> Image.Image:
     """Open a training or batch image from disk, decoding JPEGs at reduced size when that is lossless
     for the resize that follows."""
     return open_image(path, draft_size=resize_size_for(image_size))
+
+
+# ---------------------------------------------------------------------------------------------------
+# SageMaker handlers. The toolkit calls them by parameter count: keep exactly these parameters.
+# ---------------------------------------------------------------------------------------------------
+
+MAX_IMAGES_PER_REQUEST = int(os.environ.get("DOGBREEDS_MAX_IMAGES_PER_REQUEST", 64))
+MAX_REQUEST_PIXELS = int(os.environ.get("DOGBREEDS_MAX_REQUEST_PIXELS", 4 * MAX_PIXELS))
+DEFAULT_TOP_K = 5
+JSON_TYPE = "application/json"
+IMAGE_CONTENT_TYPES = ("image/jpeg", "image/png", "application/x-image", "application/octet-stream")
+SUPPORTED_CONTENT_TYPES = IMAGE_CONTENT_TYPES + (JSON_TYPE,)
+_JSON_ACCEPTS = (JSON_TYPE, "application/*", "*/*", "*")
+
+
+class ModelLoadError(RuntimeError):
+    """The model directory cannot be served; the message names the file and what is wrong with it."""
+
+
+@dataclass(eq=False)
+class LoadedModel:
+    """What ``model_fn`` returns: the network in eval mode on ``device`` plus what serving needs."""
+
+    network: nn.Module
+    classes: list[str]
+    labels: list[str]
+    image_size: int
+    device: torch.device
+    transform: Callable
+    metadata: dict = field(default_factory=dict)  # model.json as read
+
+    def preprocess(self, images: list[Image.Image]) -> torch.Tensor:
+        """RGB PIL images -> float tensor (N, 3, image_size, image_size) on the CPU."""
+        return torch.stack([self.transform(img) for img in images])
+
+    def probabilities(self, batch: torch.Tensor) -> torch.Tensor:
+        """One forward pass: (N, 3, H, W) -> float32 softmax (N, num_classes) on the CPU."""
+        with torch.inference_mode():
+            x = batch.to(self.device, non_blocking=True)
+            if self.device.type == "cuda":
+                with torch.autocast("cuda", dtype=torch.float16):
+                    logits = self.network(x)
+            else:
+                logits = self.network(x)
+            return torch.softmax(logits.float(), dim=1).cpu()
+
+
+@dataclass
+class InferenceRequest:
+    """What ``input_fn`` returns: decoded upright RGB images in request order."""
+
+    images: list[Image.Image]
+    top_k: int | None = None  # from the JSON body or a Content-Type parameter; None = not asked
+    is_list: bool = False     # the request used {"images": [...]}: reply {"results": [...]}
+
+
+@dataclass
+class InferenceResult:
+    """What ``predict_fn`` returns: probabilities (N, num_classes) plus what ``output_fn`` needs."""
+
+    probabilities: torch.Tensor
+    classes: list[str]
+    labels: list[str]
+    top_k: int | None = None
+    is_list: bool = False
+
+    def ranked(self, top_k: int | None = None) -> list[list[dict]]:
+        """Per image, the ``top_k`` best classes (default 5, clamped to [1, num_classes]) as
+        ``{"label", "class", "index", "probability"}`` dicts, most probable first."""
+        k = max(1, min(DEFAULT_TOP_K if top_k is None else top_k, len(self.classes)))
+        probs, order = torch.sort(self.probabilities, dim=1, descending=True, stable=True)
+        return [
+            [{"label": self.labels[i], "class": self.classes[i], "index": i, "probability": round(p, 6)}
+             for p, i in zip(row_p[:k].tolist(), row_i[:k].tolist())]
+            for row_p, row_i in zip(probs, order)
+        ]
+
+
+def model_fn(model_dir) -> LoadedModel:
+    """Load ``model_dir/model.json`` and ``model_dir/model.pth`` onto CUDA if available, else CPU.
+
+    Raises ModelLoadError naming the file when either is missing, unreadable or inconsistent.
+    """
+    model_dir = Path(model_dir)
+    meta_path, weights_path = model_dir / "model.json", model_dir / "model.pth"
+    for path in (meta_path, weights_path):
+        if not path.is_file():
+            found = sorted(p.name for p in model_dir.iterdir()) if model_dir.is_dir() else "no such directory"
+            raise ModelLoadError(f"{path.name} not found in {model_dir} (found: {found}); a model "
+                                 "directory holds model.json and model.pth written by the training job")
+    meta = _read_model_json(meta_path)
+    arch, classes = meta["arch"], meta["classes"]
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    network = build_network(arch, len(classes)).to(device)
+    try:
+        state = torch.load(weights_path, map_location=device, weights_only=True)
+    except Exception as exc:
+        raise ModelLoadError(f"{weights_path} is not a loadable weights-only state_dict "
+                             f"({type(exc).__name__}: {exc})") from exc
+    if not isinstance(state, dict):
+        raise ModelLoadError(f"{weights_path} holds a {type(state).__name__}, expected a state_dict")
+    for prefix in ("module.", "_orig_mod."):  # saved from DataParallel or torch.compile wrappers
+        if state and all(k.startswith(prefix) for k in state):
+            state = {k[len(prefix):]: v for k, v in state.items()}
+    try:
+        network.load_state_dict(state)
+    except RuntimeError as exc:
+        raise ModelLoadError(f"{weights_path} does not fit {arch} with {len(classes)} classes as "
+                             f"model.json says: {exc}") from exc
+    network.eval()
+    norm = meta["normalization"]
+    return LoadedModel(network=network, classes=classes, labels=meta["labels"],
+                       image_size=meta["image_size"], device=device,
+                       transform=eval_transform(meta["image_size"], norm["mean"], norm["std"]),
+                       metadata=meta)
+
+
+def _read_model_json(path: Path) -> dict:
+    """model.json, checked, with defaults filled in for labels, image_size and normalization."""
+    def bad(problem: str):
+        return ModelLoadError(f"{path}: {problem}")
+
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise bad(f"not readable JSON ({exc})") from exc
+    if not isinstance(meta, dict):
+        raise bad("expected a JSON object")
+    if meta.get("format_version", 1) != 1:
+        raise bad(f"format_version {meta['format_version']!r} is not understood (this code reads 1)")
+    if meta.get("arch") not in ARCHITECTURES:
+        raise bad(f"arch {meta.get('arch')!r} is not one of {', '.join(ARCHITECTURES)}")
+    classes = meta.get("classes")
+    if not isinstance(classes, list) or not classes or not all(isinstance(c, str) for c in classes):
+        raise bad('"classes" must be a non-empty list of class folder names')
+    labels = meta.setdefault("labels", [re.sub(r"^\d+[._-]", "", c) for c in classes])
+    if not isinstance(labels, list) or len(labels) != len(classes) or not all(isinstance(x, str) for x in labels):
+        raise bad(f'"labels" must be a list of {len(classes)} strings, one per class')
+    size = meta.setdefault("image_size", 224)
+    if isinstance(size, bool) or not isinstance(size, int) or size < 16:
+        raise bad(f'"image_size" must be an integer >= 16, got {size!r}')
+    norm = meta.get("normalization") or {}
+    mean, std = norm.get("mean", list(IMAGENET_MEAN)), norm.get("std", list(IMAGENET_STD))
+    for name, values in (("mean", mean), ("std", std)):
+        if not (isinstance(values, list) and len(values) == 3
+                and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)):
+            raise bad(f'"normalization.{name}" must be a list of 3 numbers, got {values!r}')
+    if not all(v > 0 for v in std):
+        raise bad(f'"normalization.std" must be positive, got {std!r}')
+    meta["normalization"] = {**norm, "mean": mean, "std": std}
+    return meta
+
+
+def input_fn(body, content_type) -> InferenceRequest:
+    """Decode a request body into RGB images.
+
+    ``body``: bytes, bytearray or str (the toolkit hands JSON over as str). ``content_type``: one of
+    SUPPORTED_CONTENT_TYPES, parameters allowed (``image/jpeg; top_k=3``); missing = octet-stream.
+    Image types carry raw image bytes whose format is sniffed from the bytes; ``application/json``
+    carries ``{"image": "<base64>"}`` or ``{"images": ["<base64>", ...]}`` (a ``data:...;base64,``
+    prefix is fine) and an optional ``"top_k"``. Raises ClientError 400/413/415 saying what is wrong.
+    """
+    mime, params = _media_type(content_type)
+    mime = mime or "application/octet-stream"
+    if mime not in SUPPORTED_CONTENT_TYPES:
+        raise ClientError(415, f"unsupported Content-Type {_short(content_type)}: send one of "
+                               f"{', '.join(SUPPORTED_CONTENT_TYPES)}")
+    if body is None:
+        body = b""
+    size = len(body.encode("utf-8")) if isinstance(body, str) else len(body)
+    if size > MAX_BODY_BYTES:
+        raise ClientError(413, f"request body is {size:,} bytes, over the limit of {MAX_BODY_BYTES:,} "
+                               f"bytes ({MAX_BODY_BYTES / 2**20:g} MiB)")
+    top_k = _top_k(params.get("top_k"), "the Content-Type parameter top_k")
+    if mime != JSON_TYPE:
+        if isinstance(body, str):
+            raise ClientError(400, f"{mime} body must be raw image bytes, not text")
+        return InferenceRequest([_decode(body, None)], top_k, is_list=False)
+
+    if size == 0:
+        raise ClientError(400, 'empty body: expected JSON like {"image": "<base64>"}')
+    try:
+        doc = json.loads(body if isinstance(body, str) else bytes(body).decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ClientError(400, "invalid JSON: the body is not UTF-8 text") from None
+    except json.JSONDecodeError as exc:
+        raise ClientError(400, f"invalid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+    except (ValueError, RecursionError) as exc:  # a number over 4300 digits, nesting too deep
+        raise ClientError(400, f"invalid JSON: {str(exc)[:80]}") from None
+    expected = 'send {"image": "<base64>"} or {"images": ["<base64>", ...]}'
+    if not isinstance(doc, dict):
+        raise ClientError(400, f"JSON body is {_json_kind(doc)}, not an object: {expected}")
+    if ("image" in doc) == ("images" in doc):
+        problem = "has both" if "image" in doc else "has no"
+        raise ClientError(400, f'JSON body {problem} "image" and "images" fields: {expected}')
+    if doc.get("top_k") is not None:
+        top_k = _top_k(doc["top_k"], 'JSON field "top_k"', text=False)
+    if "image" in doc:
+        return InferenceRequest([_decode(_base64(doc["image"], "image"), "image")], top_k, is_list=False)
+
+    items = doc["images"]
+    if not isinstance(items, list):
+        raise ClientError(400, f'"images" must be a list of base64 strings, got {_json_kind(items)}')
+    if not items:
+        raise ClientError(400, '"images" is an empty list: send at least one image')
+    if len(items) > MAX_IMAGES_PER_REQUEST:
+        raise ClientError(413, f"{len(items)} images in one request, over the limit of "
+                               f"{MAX_IMAGES_PER_REQUEST}: split them over several requests")
+    images, pixels = [], 0
+    for i, item in enumerate(items):
+        images.append(_decode(_base64(item, f"images[{i}]"), f"images[{i}]"))
+        pixels += images[-1].width * images[-1].height
+        if pixels > MAX_REQUEST_PIXELS:
+            raise ClientError(413, f"images[0..{i}] hold {pixels:,} pixels together, over the limit of "
+                                   f"{MAX_REQUEST_PIXELS:,} per request: send fewer or smaller images")
+    return InferenceRequest(images, top_k, is_list=True)
+
+
+def predict_fn(data: InferenceRequest, model: LoadedModel) -> InferenceResult:
+    """All images of the request through the network in one batched forward pass."""
+    probs = model.probabilities(model.preprocess(data.images))
+    return InferenceResult(probs, model.classes, model.labels, data.top_k, data.is_list)
+
+
+def output_fn(prediction: InferenceResult, accept) -> tuple[str, str]:
+    """Serialize to JSON; returns ``(body, "application/json")``.
+
+    The toolkit's Transformer.transform sends a tuple's first item as the body and its second as the
+    response Content-Type; a plain return would be labelled with the Accept value as sent (it may be
+    a list or carry parameters). The toolkit swaps an empty or ``*/*`` Accept for its default
+    (application/json) before calling. ``accept``: empty, ``*/*`` or ``application/json``, a list
+    and a ``top_k=N`` parameter allowed; anything else raises ClientError(406).
+    Body: ``{"predictions": [{"label", "class", "index", "probability"}, ...]}`` for a single image,
+    ``{"results": [{"predictions": [...]}, ...]}`` for a list request, most probable first. top_k is
+    the request's, else the Accept parameter's, else 5, clamped to [1, num_classes].
+    """
+    accept_top_k = _accept_json(accept)
+    top_k = prediction.top_k if prediction.top_k is not None else accept_top_k
+    ranked = prediction.ranked(top_k)
+    if prediction.is_list:
+        doc = {"results": [{"predictions": preds} for preds in ranked]}
+    else:
+        doc = {"predictions": ranked[0]}
+    return json.dumps(doc, allow_nan=False), JSON_TYPE
+
+
+def _media_type(value) -> tuple[str, dict[str, str]]:
+    """'Image/JPEG; top_k=3' -> ('image/jpeg', {'top_k': '3'}); None -> ('', {})."""
+    if isinstance(value, (bytes, bytearray)):
+        value = bytes(value).decode("latin-1")
+    mime, *parts = str(value or "").split(";")
+    params = {}
+    for part in parts:
+        key, sep, val = part.partition("=")
+        if sep:
+            params[key.strip().lower()] = val.strip().strip('"')
+    return mime.strip().lower(), params
+
+
+def _accept_json(accept) -> int | None:
+    """Check that ``accept`` allows JSON; return the chosen entry's top_k parameter, if any."""
+    text = bytes(accept).decode("latin-1") if isinstance(accept, (bytes, bytearray)) else str(accept or "")
+    if not text.strip():
+        return None
+    choices = []
+    for position, entry in enumerate(text.split(",")):
+        mime, params = _media_type(entry)
+        try:
+            q = float(params.get("q", 1))
+        except ValueError:
+            q = 1.0
+        if mime in _JSON_ACCEPTS and q > 0:
+            choices.append((-q, position, params))
+    if not choices:
+        raise ClientError(406, f"cannot reply as Accept {_short(text)}: replies are {JSON_TYPE} "
+                               f"(send Accept: {JSON_TYPE} or */*)")
+    return _top_k(min(choices, key=lambda c: c[:2])[2].get("top_k"), "the Accept parameter top_k")
+
+
+def _top_k(value, where: str, text: bool = True) -> int | None:
+    """A non-negative integer (text digits from media-type parameters) or None when absent."""
+    if value is None:
+        return None
+    if text and isinstance(value, str) and value.strip().isdigit() and value.strip().isascii():
+        value = int(value.strip())
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ClientError(400, f"{where} must be a non-negative integer, got {_short(value)}")
+    return value
+
+
+def _base64(item, where: str) -> bytes:
+    """Decode one base64 image string (data-URL prefix, line breaks, URL-safe alphabet, missing
+    padding tolerated); ClientError(400) naming ``where`` otherwise."""
+    if not isinstance(item, str):
+        raise ClientError(400, f"{where} must be a base64 string, got {_json_kind(item)}")
+    text = item.strip()
+    if text[:5].lower() == "data:":
+        header, comma, text = text.partition(",")
+        if not comma or not header.lower().endswith(";base64"):
+            raise ClientError(400, f"{where} is a data URL without ';base64,' before the data")
+    text = "".join(text.split()).translate(_URLSAFE)
+    if not text:
+        raise ClientError(400, f"{where} is empty: expected a base64-encoded image")
+    try:
+        return base64.b64decode(text + "=" * (-len(text) % 4), validate=True)
+    except (binascii.Error, ValueError):
+        raise ClientError(400, f"{where} is not valid base64 (starts {_short(item, 24)})") from None
+
+
+_URLSAFE = str.maketrans("-_", "+/")
+
+
+def _decode(data, where: str | None) -> Image.Image:
+    """open_image with the current MAX_PIXELS; errors name ``where`` (e.g. 'images[2]')."""
+    try:
+        return open_image(data, max_pixels=MAX_PIXELS)
+    except ClientError as exc:
+        if where is None:
+            raise
+        raise ClientError(exc.status_code, f"{where}: {exc.message}") from None
+
+
+def _json_kind(value) -> str:
+    """'an array', 'a number', ... for messages about JSON values."""
+    if value is None:
+        return "null"
+    kinds = ((bool, "a boolean"), ((int, float), "a number"), (str, "a string"), (list, "an array"))
+    return next((name for t, name in kinds if isinstance(value, t)), "an object")
+
+
+def _short(value, limit: int = 60) -> str:
+    """repr() cut to ``limit`` characters, for echoing client input in messages."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."

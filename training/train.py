@@ -1,0 +1,630 @@
+"""Transfer-learning trainer: the SageMaker script-mode entry point and a plain command.
+
+    python training/train.py --train data/train --valid data/valid --arch resnet18 --epochs 5 --weights none
+
+Under SageMaker the same file runs with ``--name value`` hyperparameters (values possibly JSON-encoded)
+and the ``SM_*`` environment (DESIGN.md, Contract 1). It logs one greppable metric line per epoch and
+a final test line, checkpoints every epoch (and resumes from the checkpoint directory), writes the
+model artifact to ``--model-dir`` (model.pth, model.json, code/) and the diagnostics to
+``--output-data-dir`` (diagnostics.json, metrics.jsonl, report.html, profiler-trace.json).
+
+Three ways to train, chosen from the hyperparameters:
+- ``cached``: finetune=head and augment=none. The frozen backbone's output for an image never
+  changes, so it is computed once per image and every epoch trains the head on those features.
+- ``frozen``: finetune=head with augmentation. Every epoch runs the frozen backbone on new
+  augmented views (features can't be cached because the pixels change), backward only through the head.
+- ``full``: finetune=full. Everything trains.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import logging
+import math
+import os
+import platform
+import shutil
+import sys
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script (SageMaker script mode): make the packages importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import torch
+import torchvision
+from torch.nn import functional as F
+
+from model_code.inference import IMAGENET_MEAN, IMAGENET_STD, eval_transform
+from training import data as data_lib
+from training.diagnostics import (ISSUES, ActivationProbe, RuleThresholds, StepRecorder, SystemSampler,
+                                  evaluate_rules, exploding_in_step)
+from training.models import WeightsUnavailable, backbone_of, create_model, layer_group
+
+log = logging.getLogger("train")
+
+# Defaults: the reference projects' choices (DESIGN.md). Each is a hyperparameter of the same name.
+DEFAULTS = {
+    "arch": "resnet18",               # resnet18 | resnet34 | resnet50
+    "epochs": 10,
+    "batch-size": 32,
+    "lr": 1e-3,                       # AdamW
+    "weight-decay": 1e-2,
+    "eps": 1e-8,
+    "finetune": "head",               # head: frozen backbone, new fc only | full: everything trains
+    "weights": "imagenet",            # imagenet | none | path to a state_dict
+    "weights-fallback": "error",      # error | none: what to do when ImageNet weights are unavailable
+    "image-size": 224,
+    "augment": "auto",                # auto (none for head, standard for full) | none | flip | standard
+    "feature-cache": "auto",          # auto: cache backbone features when finetune=head, augment=none | off
+    "seed": 0,
+    "early-stopping-patience": 3,     # epochs without a better val_acc before stopping; 0 = never stop early
+    "num-workers": -1,                # -1: one per CPU but one, at most 8
+    "valid-fraction": 0.1,            # split from train when there is no valid channel
+    "test-fraction": 0.1,
+    "fail-on-exploding-tensor": False,
+    "profile-steps": 3,               # torch.profiler trace of this many steps (0 = off)
+}
+
+
+def _decode(text: str):
+    """SageMaker may JSON-encode hyperparameter values ('"resnet18"', '0.001'); fall back to the raw text."""
+    try:
+        return json.loads(text)
+    except (TypeError, ValueError):
+        return text
+
+
+def _hp(cast):
+    def convert(text):
+        value = _decode(text)
+        if cast is bool:
+            if isinstance(value, str):
+                if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+                return value.lower() in ("true", "1", "yes")
+            return bool(value)
+        try:
+            return cast(value)
+        except (TypeError, ValueError):
+            raise argparse.ArgumentTypeError(f"expected {cast.__name__}, got {text!r}") from None
+    convert.__name__ = cast.__name__
+    return convert
+
+
+def get_args_parser(env=os.environ) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    choices = {"arch": ("resnet18", "resnet34", "resnet50"), "finetune": ("head", "full"),
+               "augment": ("auto",) + data_lib.AUGMENTATIONS, "feature-cache": ("auto", "off"),
+               "weights-fallback": ("error", "none")}
+    for name, default in DEFAULTS.items():
+        cast = type(default) if not isinstance(default, bool) else bool
+        parser.add_argument(f"--{name}", type=_hp(cast), default=default, choices=choices.get(name))
+    parser.add_argument("--train", default=env.get("SM_CHANNEL_TRAIN"), help="train channel (ImageFolder)")
+    parser.add_argument("--valid", default=env.get("SM_CHANNEL_VALID"), help="valid channel (optional)")
+    parser.add_argument("--test", default=env.get("SM_CHANNEL_TEST"), help="test channel (optional)")
+    parser.add_argument("--model-dir", default=env.get("SM_MODEL_DIR", "model"))
+    parser.add_argument("--output-data-dir", default=env.get("SM_OUTPUT_DATA_DIR", "output"))
+    parser.add_argument("--checkpoint-dir",
+                        default="/opt/ml/checkpoints" if Path("/opt/ml/checkpoints").is_dir() else None,
+                        help="checkpoint every epoch here and resume from it (default: <output-data-dir>/checkpoints)")
+    return parser
+
+
+def parse_args(argv=None, env=os.environ) -> argparse.Namespace:
+    """Hyperparameters from ``SM_HPS`` (if set) overridden by ``--name value`` arguments."""
+    parser = get_args_parser(env)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    sm_hps = json.loads(env.get("SM_HPS") or "{}")
+    known = {a.dest for a in parser._actions}
+    from_env = []
+    for name, value in sm_hps.items():
+        if name.replace("-", "_") in known and f"--{name}" not in argv:
+            from_env += [f"--{name}", value if isinstance(value, str) else json.dumps(value)]
+    args, unknown = parser.parse_known_args(from_env + argv)
+    if unknown:  # e.g. _tuning_objective_metric, added by SageMaker tuning jobs
+        log.info("ignoring unknown arguments: %s", " ".join(unknown))
+    if str(args.model_dir).startswith("s3://"):  # the SageMaker SDK sometimes passes an S3 URI here
+        args.model_dir = env.get("SM_MODEL_DIR", "model")
+    if args.augment == "auto":
+        args.augment = "none" if args.finetune == "head" else "standard"
+    if args.num_workers < 0:
+        args.num_workers = min(8, max(0, int(env.get("SM_NUM_CPUS", os.cpu_count() or 1)) - 1))
+    args.checkpoint_dir = args.checkpoint_dir or str(Path(args.output_data_dir) / "checkpoints")
+    return args
+
+
+def training_mode(args) -> str:
+    if args.finetune == "full":
+        return "full"
+    return "cached" if args.augment == "none" and args.feature_cache == "auto" else "frozen"
+
+
+def hyperparameters(args) -> dict:
+    return {name: getattr(args, name.replace("-", "_")) for name in DEFAULTS}
+
+
+# ------------------------------------------------------------------------------------------ helpers
+
+class TrainingAborted(RuntimeError):
+    """The run was stopped on purpose (a fail-fast rule) or by a broken data loader."""
+
+
+def atomic_save(obj, path: Path):
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def write_json(obj, path: Path):
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, default=float))
+    os.replace(tmp, path)
+
+
+class MetricsLog:
+    """metrics.jsonl: one JSON object per step, epoch and test result, flushed as it goes."""
+
+    def __init__(self, path: Path):
+        self.file = open(path, "a", buffering=1)
+
+    def write(self, kind: str, **values):
+        self.file.write(json.dumps({"type": kind, "time": round(time.time(), 3), **values}) + "\n")
+
+    def close(self):
+        self.file.close()
+
+
+class StepProfiler:
+    """A torch.profiler trace of a few steps of the first hot loop, exported for chrome://tracing."""
+
+    def __init__(self, output_dir: Path, steps: int, cuda: bool):
+        self.path = output_dir / "profiler-trace.json"
+        self.top_ops: list[dict] = []
+        self.profiled_steps: list[int] = []
+        self.prof = None
+        if steps > 0:
+            activities = [torch.profiler.ProfilerActivity.CPU]
+            if cuda:
+                activities.append(torch.profiler.ProfilerActivity.CUDA)
+            self.prof = torch.profiler.profile(
+                activities=activities, record_shapes=False,
+                schedule=torch.profiler.schedule(wait=1, warmup=1, active=steps, repeat=1),
+                on_trace_ready=self._save)
+            self.prof.start()
+        self.count = 0
+
+    def _save(self, prof):
+        prof.export_chrome_trace(str(self.path))
+        ops = sorted(prof.key_averages(), key=lambda e: e.cpu_time_total, reverse=True)[:15]
+        self.top_ops = [{"name": e.key, "calls": e.count, "cpu_ms": round(e.cpu_time_total / 1e3, 3),
+                         "self_cpu_ms": round(e.self_cpu_time_total / 1e3, 3),
+                         "cuda_ms": round(getattr(e, "device_time_total", 0) / 1e3, 3)} for e in ops]
+
+    def step(self, step: int):
+        if self.prof is not None:
+            self.count += 1
+            if self.count > 2:
+                self.profiled_steps.append(step)
+            self.prof.step()
+            if self.top_ops or self.count > 2 + len(self.profiled_steps) + 8:
+                self.stop()
+
+    def stop(self):
+        if self.prof is not None:
+            prof, self.prof = self.prof, None
+            prof.stop()
+
+    def summary(self) -> dict:
+        return {"trace_file": self.path.name if self.path.exists() else None,
+                "steps": self.profiled_steps, "top_ops": self.top_ops}
+
+
+def iterate_loader(loader, phase: str, recorder: StepRecorder, skipped: list):
+    """Yield (inputs, targets, data_seconds) from a DataLoader, recording skipped images and
+    turning a dead worker into TrainingAborted with the loader's own explanation."""
+    iterator = iter(loader)
+    while True:
+        started = time.perf_counter()
+        try:
+            inputs, targets, bad = next(iterator)
+        except StopIteration:
+            return
+        except RuntimeError as exc:  # "DataLoader worker (pid ...) is killed by signal", timeouts
+            recorder.loader_failures.append({"phase": phase, "error": str(exc).splitlines()[0]})
+            raise TrainingAborted(f"data loader failed during {phase}: {str(exc).splitlines()[0]}") from exc
+        for item in bad:
+            if item not in skipped:
+                log.warning("skipping unreadable image %s: %s", item["path"], item["reason"])
+                skipped.append(item)
+        if len(targets):
+            yield inputs, targets, time.perf_counter() - started
+
+
+def feature_batches(features, targets, batch_size, generator):
+    order = torch.randperm(len(targets), generator=generator)
+    if len(order) % batch_size == 1 and len(order) > 1:
+        order = order[:-1]  # same rule as the image loader: no batch of one
+    for start in range(0, len(order), batch_size):
+        idx = order[start:start + batch_size]
+        yield features[idx], targets[idx], 0.0
+
+
+# ------------------------------------------------------------------------------------------- training
+
+def train_one_epoch(forward, batches, optimizer, scaler, args, ctx, epoch: int) -> tuple[float, float]:
+    """One pass over ``batches``; records every step's diagnostics; returns (mean loss, accuracy)."""
+    total_loss, correct, seen = 0.0, 0, 0
+    for inputs, targets, data_seconds in batches:
+        ctx.step += 1
+        compute_started = time.perf_counter()
+        inputs = inputs.to(ctx.device, non_blocking=True)
+        targets = targets.to(ctx.device, non_blocking=True)
+        sample = ctx.probe.active = ctx.probe.wants_sample() and ctx.mode != "cached"
+        with torch.autocast(ctx.device.type, dtype=ctx.amp_dtype, enabled=ctx.amp_dtype is not None):
+            logits = forward(inputs)
+            loss = F.cross_entropy(logits.float(), targets)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)
+        grads, weights = ctx.recorder.norms()  # reads the loss's device too: one sync per step
+        scaler.step(optimizer)
+        scaler.update()
+        loss_value = loss.item()
+        if sample:
+            ctx.probe.active = False
+            ctx.probe.collect(ctx.step)
+        compute_seconds = time.perf_counter() - compute_started
+        ctx.recorder.record_step(ctx.step, epoch, loss_value, data_seconds, compute_seconds, grads, weights)
+        if ctx.mode != "cached":
+            ctx.recorder.record_loader_batch(f"train-{epoch}", data_seconds, compute_seconds)
+        ctx.metrics.write("step", step=ctx.step, epoch=epoch, loss=loss_value,
+                          data_seconds=round(data_seconds, 6), compute_seconds=round(compute_seconds, 6))
+        if ctx.mode != "cached":
+            ctx.profiler.step(ctx.step)
+        if args.fail_on_exploding_tensor:
+            exploded = exploding_in_step(loss_value, grads, weights, ctx.thresholds)
+            if exploded:
+                raise TrainingAborted(f"ExplodingTensor at step {ctx.step}: {', '.join(exploded[:4])} "
+                                      "(stopped because fail-on-exploding-tensor is set)")
+        n = len(targets)
+        total_loss += loss_value * n
+        correct += (logits.argmax(1) == targets).sum().item()
+        seen += n
+    return (total_loss / seen if seen else math.nan), (correct / seen if seen else math.nan)
+
+
+@torch.inference_mode()
+def evaluate(forward, batches, ctx) -> dict:
+    """Loss, accuracy, predictions and targets of ``forward`` over ``batches``."""
+    losses, predictions, truths = [], [], []
+    for inputs, targets, _ in batches:
+        inputs, targets = inputs.to(ctx.device), targets.to(ctx.device)
+        with torch.autocast(ctx.device.type, dtype=ctx.amp_dtype, enabled=ctx.amp_dtype is not None):
+            logits = forward(inputs).float()
+        losses.append(F.cross_entropy(logits, targets, reduction="sum"))
+        predictions.append(logits.argmax(1).cpu())
+        truths.append(targets.cpu())
+    if not truths:
+        return {"loss": math.nan, "acc": math.nan, "predictions": [], "targets": []}
+    predictions, truths = torch.cat(predictions), torch.cat(truths)
+    return {"loss": (torch.stack(losses).sum() / len(truths)).item(),
+            "acc": (predictions == truths).float().mean().item(),
+            "predictions": predictions.tolist(), "targets": truths.tolist()}
+
+
+@torch.inference_mode()
+def extract_features(backbone, loader, phase: str, ctx, skipped: list):
+    """Run the frozen backbone once over ``loader``: (features on CPU, targets)."""
+    features, targets = [], []
+    for inputs, batch_targets, data_seconds in iterate_loader(loader, phase, ctx.recorder, skipped):
+        started = time.perf_counter()
+        ctx.probe.active = ctx.probe.wants_sample()
+        with torch.autocast(ctx.device.type, dtype=ctx.amp_dtype, enabled=ctx.amp_dtype is not None):
+            out = backbone(inputs.to(ctx.device, non_blocking=True)).float()
+        if ctx.probe.active:
+            ctx.probe.active = False
+            ctx.probe.collect(0)
+        features.append(out.cpu())
+        targets.append(batch_targets)
+        ctx.recorder.record_loader_batch(phase, data_seconds, time.perf_counter() - started)
+        ctx.profiler.step(len(features))
+    if not targets:
+        return torch.empty(0), torch.empty(0, dtype=torch.long)
+    return torch.cat(features), torch.cat(targets)
+
+
+class Context:
+    """What the loops share: device, precision, recorders, the step counter."""
+
+    def __init__(self, args, model, output_dir: Path):
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.amp_dtype = None
+        if self.device.type == "cuda":
+            self.amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        self.mode = training_mode(args)
+        self.recorder = StepRecorder(model)
+        self.probe = ActivationProbe(model)
+        self.profiler = StepProfiler(output_dir, args.profile_steps, self.device.type == "cuda")
+        self.metrics = MetricsLog(output_dir / "metrics.jsonl")
+        self.thresholds = RuleThresholds()
+        self.step = 0
+
+
+def per_class_and_confusion(result: dict, classes: list[str]) -> tuple[list[dict], dict]:
+    n = len(classes)
+    matrix = [[0] * n for _ in range(n)]
+    for truth, pred in zip(result["targets"], result["predictions"]):
+        matrix[truth][pred] += 1
+    per_class = [{"class": c, "label": data_lib.display_label(c), "correct": matrix[i][i],
+                  "total": sum(matrix[i])} for i, c in enumerate(classes)]
+    return per_class, {"classes": classes, "matrix": matrix}
+
+
+def resume_key(args, plan) -> dict:
+    """What must match for a checkpoint to be continued rather than ignored."""
+    hp = hyperparameters(args)
+    return {"hyperparameters": {k: v for k, v in hp.items() if k not in ("num-workers", "profile-steps")},
+            "dataset": plan.fingerprint}
+
+
+def write_model_dir(model_dir: Path, state: dict, args, plan, metrics: dict):
+    """model.pth (state_dict), model.json, and code/ with the inference handlers (Contract 1)."""
+    model_dir.mkdir(parents=True, exist_ok=True)
+    atomic_save(state, model_dir / "model.pth")
+    write_json({
+        "format_version": 1, "arch": args.arch, "image_size": args.image_size,
+        "classes": plan.classes, "labels": plan.labels,
+        "normalization": {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)},
+        "hyperparameters": hyperparameters(args), "metrics": metrics,
+        "dataset": {"fingerprint": plan.fingerprint, "class_counts": plan.class_counts(),
+                    "derived_splits": plan.derived_splits},
+        "versions": {"python": platform.python_version(), "torch": torch.__version__,
+                     "torchvision": torchvision.__version__},
+    }, model_dir / "model.json")
+    code_dir = model_dir / "code"
+    code_dir.mkdir(exist_ok=True)
+    source = Path(__file__).resolve().parent.parent / "model_code"
+    for name in ("inference.py", "requirements.txt"):
+        shutil.copy2(source / name, code_dir / name)
+
+
+def write_failure(message: str, env=os.environ):
+    """SageMaker shows /opt/ml/output/failure as the job's FailureReason."""
+    output_dir = Path(env.get("SM_OUTPUT_DIR", "/opt/ml/output"))
+    if output_dir.is_dir():
+        (output_dir / "failure").write_text(message[:1024])
+
+
+# ----------------------------------------------------------------------------------------------- main
+
+def run(args) -> dict:
+    """Train per ``args``; return the summary that went into report.html (raises on failure)."""
+    output_dir, model_dir = Path(args.output_data_dir), Path(args.model_dir)
+    checkpoint_dir = Path(args.checkpoint_dir)
+    for d in (output_dir, model_dir, checkpoint_dir):
+        d.mkdir(parents=True, exist_ok=True)
+    started_at, started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), time.monotonic()
+    summary = {"title": f"Training report: {os.environ.get('TRAINING_JOB_NAME', model_dir.resolve().name)}",
+               "job": hyperparameters(args), "started_at": started_at, "status": "InProgress"}
+    sampler = SystemSampler()
+    sampler.start()
+    ctx = None
+    try:
+        torch.manual_seed(args.seed)
+        plan = data_lib.plan_dataset(args.train, args.valid, args.test, seed=args.seed,
+                                     valid_fraction=args.valid_fraction, test_fraction=args.test_fraction)
+        for warning in plan.warnings:
+            log.warning(warning)
+        skipped = list(plan.skipped)
+        summary["dataset"] = {"fingerprint": plan.fingerprint, "class_counts": plan.class_counts(),
+                              "skipped_images": skipped, "derived_splits": plan.derived_splits}
+        log.info("dataset %s: %d classes, %s images; %d skipped; derived splits: %s", plan.fingerprint,
+                 len(plan.classes), {s: len(v) for s, v in plan.samples.items()}, len(skipped),
+                 plan.derived_splits or "none")
+        try:
+            model = create_model(args.arch, len(plan.classes), args.weights, args.finetune)
+        except WeightsUnavailable as exc:
+            if args.weights != "imagenet" or args.weights_fallback != "none":
+                raise
+            log.warning("%s -- training from scratch because weights-fallback=none", exc)
+            model = create_model(args.arch, len(plan.classes), "none", args.finetune)
+        ctx = Context(args, model, output_dir)
+        model.to(ctx.device)
+        summary["device"] = str(ctx.device) + (f" ({torch.cuda.get_device_name()})" if ctx.device.type == "cuda" else "")
+        summary["job"]["mode"] = ctx.mode
+        log.info("training mode %s on %s (amp %s), %d data-loader workers", ctx.mode, summary["device"],
+                 ctx.amp_dtype, args.num_workers)
+
+        params = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=args.weight_decay, eps=args.eps)
+        scaler = torch.amp.GradScaler(ctx.device.type, enabled=ctx.amp_dtype == torch.float16)
+
+        eval_tf = eval_transform(args.image_size)
+        datasets = {split: data_lib.ImageSamples(plan.samples[split],
+                                                 data_lib.train_transform(args.image_size, args.augment,
+                                                                          IMAGENET_MEAN, IMAGENET_STD)
+                                                 if split == "train" else eval_tf, args.image_size)
+                    for split in data_lib.SPLITS}
+        pin = ctx.device.type == "cuda"
+
+        def loader(split, epoch=0, shuffle=False):
+            return data_lib.make_loader(datasets[split], args.batch_size, args.num_workers, pin_memory=pin,
+                                        shuffle_seed=args.seed if shuffle else None, epoch=epoch, timeout=300)
+
+        backbone = backbone_of(model)
+        if ctx.mode == "cached":
+            backbone.eval()
+            cache_file = checkpoint_dir / f"features-{plan.fingerprint}-{args.arch}-{args.image_size}.pt"
+            key = {"weights": args.weights, "seed": args.seed}
+            cached = torch.load(cache_file, weights_only=True) if cache_file.exists() else None
+            if cached and cached.get("key") == key:
+                features = cached["features"]
+                skipped += [s for s in cached["skipped"] if s not in skipped]
+                log.info("loaded cached features from %s", cache_file)
+            else:
+                features = {}
+                for split in data_lib.SPLITS:
+                    t0 = time.perf_counter()
+                    features[split] = extract_features(backbone, loader(split), f"extract-{split}", ctx, skipped)
+                    log.info("computed %s features for %d images in %.1fs", split, len(features[split][1]),
+                             time.perf_counter() - t0)
+                atomic_save({"key": key, "features": features, "skipped": skipped}, cache_file)
+            ctx.profiler.stop()
+            head = model.fc
+
+            def forward(x):
+                return head(x)
+
+            def train_batches(epoch):
+                return feature_batches(*features["train"], args.batch_size, data_lib.epoch_generator(args.seed, epoch))
+
+            def eval_batches(split):
+                feats, targets = features[split]
+                return ((feats[i:i + 1024], targets[i:i + 1024], 0.0) for i in range(0, len(targets), 1024))
+        else:
+            if ctx.device.type == "cuda":
+                model.to(memory_format=torch.channels_last)
+
+            def forward(x):
+                if ctx.mode == "frozen":
+                    with torch.no_grad():
+                        x = backbone(x)
+                    return model.fc(x)
+                return model(x)
+
+            def train_batches(epoch):
+                return iterate_loader(loader("train", epoch, shuffle=True), f"train-{epoch}", ctx.recorder, skipped)
+
+            def eval_batches(split):
+                return iterate_loader(loader(split), f"eval-{split}", ctx.recorder, skipped)
+
+        def set_train_mode():
+            model.train(ctx.mode == "full")  # a frozen backbone keeps its BatchNorm statistics
+
+        # Resume from the checkpoint directory when it holds a run with the same configuration.
+        checkpoint_file = checkpoint_dir / "checkpoint.pth"
+        history, best, start_epoch, stale = [], {"val_acc": -1.0, "epoch": 0, "state": None}, 1, 0
+        if checkpoint_file.exists():
+            ckpt = torch.load(checkpoint_file, map_location=ctx.device, weights_only=True)
+            if ckpt.get("resume_key") == json.loads(json.dumps(resume_key(args, plan))):
+                model.load_state_dict(ckpt["model"])
+                optimizer.load_state_dict(ckpt["optimizer"])
+                history, best, stale = ckpt["history"], ckpt["best"], ckpt["stale_epochs"]
+                start_epoch, ctx.step = ckpt["epoch"] + 1, ckpt["step"]
+                ctx.recorder.load_dict(json.loads(ckpt["record"]))
+                ctx.probe.records = json.loads(ckpt["activations"])
+                log.info("resumed from %s after epoch %d (best val_acc %.4f at epoch %d)", checkpoint_file,
+                         ckpt["epoch"], best["val_acc"], best["epoch"])
+            else:
+                log.warning("ignoring %s: it was written for other hyperparameters or data", checkpoint_file)
+
+        stopped_early = bool(history) and args.early_stopping_patience and stale >= args.early_stopping_patience
+        for epoch in range(start_epoch, args.epochs + 1):
+            if stopped_early:
+                break
+            t0 = time.perf_counter()
+            torch.manual_seed(args.seed * 1000 + epoch)  # augmentation in the main process
+            set_train_mode()
+            train_loss, train_acc = train_one_epoch(forward, train_batches(epoch), optimizer, scaler, args, ctx, epoch)
+            model.eval()
+            val = evaluate(forward, eval_batches("valid"), ctx)
+            row = {"epoch": epoch, "train_loss": train_loss, "train_acc": train_acc, "val_loss": val["loss"],
+                   "val_acc": val["acc"], "seconds": round(time.perf_counter() - t0, 3)}
+            history.append(row)
+            print(f"epoch={epoch} train_loss={train_loss:.4f} train_acc={train_acc:.4f} "
+                  f"val_loss={val['loss']:.4f} val_acc={val['acc']:.4f}", flush=True)
+            ctx.metrics.write("epoch", **row)
+            if val["acc"] > best["val_acc"]:
+                best = {"val_acc": val["acc"], "epoch": epoch, "state": copy.deepcopy(model.state_dict())}
+                stale = 0
+            else:
+                stale += 1
+            atomic_save({"epoch": epoch, "step": ctx.step, "model": model.state_dict(),
+                         "optimizer": optimizer.state_dict(), "history": history, "best": best,
+                         "stale_epochs": stale, "resume_key": resume_key(args, plan),
+                         "record": json.dumps(ctx.recorder.as_dict()),
+                         "activations": json.dumps(ctx.probe.records)}, checkpoint_file)
+            if args.early_stopping_patience and stale >= args.early_stopping_patience:
+                log.info("early stopping: val_acc has not improved for %d epochs (best %.4f at epoch %d)",
+                         stale, best["val_acc"], best["epoch"])
+                stopped_early = True
+        ctx.profiler.stop()
+
+        if best["state"] is not None:
+            model.load_state_dict(best["state"])
+        model.eval()
+        test_split = "test" if plan.samples["test"] else "valid"
+        test = evaluate(forward, eval_batches(test_split), ctx)
+        print(f"test_loss={test['loss']:.4f} test_acc={test['acc']:.4f}", flush=True)
+        ctx.metrics.write("test", split=test_split, test_loss=test["loss"], test_acc=test["acc"])
+        per_class, confusion = per_class_and_confusion(test, plan.classes)
+        metrics = {"test_loss": test["loss"], "test_acc": test["acc"], "best_val_acc": best["val_acc"],
+                   "best_epoch": best["epoch"], "epochs_run": len(history), "test_split": test_split}
+        write_model_dir(model_dir, {k: v.cpu() for k, v in model.state_dict().items()}, args, plan, metrics)
+        summary.update({"status": "Completed", "epochs": history, "best_epoch": best["epoch"],
+                        "test": {"test_loss": test["loss"], "test_acc": test["acc"]},
+                        "per_class": per_class, "confusion": confusion})
+        return summary
+    except Exception as exc:
+        summary.update({"status": "Failed", "failure_reason": f"{type(exc).__name__}: {exc}"})
+        raise
+    finally:
+        summary["system"] = sampler.stop()
+        summary["seconds"] = round(time.monotonic() - started, 3)
+        if ctx is not None:
+            ctx.profiler.stop()
+            ctx.probe.remove()
+            ctx.metrics.close()
+            summary.update(ctx.recorder.as_dict())
+            summary["activations"] = ctx.probe.records
+            summary["profiler"] = ctx.profiler.summary()
+            summary["gpu"] = ctx.device.type == "cuda"
+            summary["gpu_error"] = sampler.gpu_error
+            summary["trainable_groups"] = sorted({layer_group(n) for n, p in model.named_parameters()
+                                                  if p.requires_grad})
+            summary.setdefault("epochs", [])
+        finish_diagnostics(summary, output_dir)
+
+
+def finish_diagnostics(summary: dict, output_dir: Path):
+    """Evaluate the rules and write diagnostics.json and report.html, whatever state the run is in."""
+    from training.report import write_report
+
+    summary["rules"] = evaluate_rules(summary, RuleThresholds())
+    issues = [r["name"] for r in summary["rules"] if r["status"] == ISSUES]
+    write_json({"status": summary.get("status"), "failure_reason": summary.get("failure_reason"),
+                "rules": summary["rules"], "issues_found": issues,
+                "record": {k: summary.get(k) for k in ("epochs", "steps", "gradients", "weights",
+                                                       "activations", "loader_batches", "loader_failures",
+                                                       "system", "dataset", "test", "best_epoch")}},
+               output_dir / "diagnostics.json")
+    write_report(summary, output_dir / "report.html")
+    for rule in summary["rules"]:
+        if rule["status"] == ISSUES:
+            log.warning("rule %s: %s -- %s", rule["name"], rule["message"], rule["advice"])
+    log.info("diagnostics: %d rule(s) found issues%s; report at %s", len(issues),
+             f" ({', '.join(issues)})" if issues else "", output_dir / "report.html")
+
+
+def main(argv=None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        stream=sys.stdout)
+    args = parse_args(argv)
+    try:
+        run(args)
+    except (data_lib.DatasetError, WeightsUnavailable, TrainingAborted) as exc:
+        log.error("%s", exc)
+        write_failure(f"{type(exc).__name__}: {exc}")
+        return 2
+    except Exception as exc:
+        write_failure(f"{type(exc).__name__}: {exc}")
+        raise
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
