@@ -131,7 +131,7 @@ def _shape_mask(shape: str, diameter: int) -> Image.Image:
 def _texture(texture: str, diameter: int, rng: np.random.Generator) -> np.ndarray:
     """Boolean diameter x diameter array: True where the object shows its second (darker) colour."""
     v, u = np.mgrid[-1:1:diameter * 1j, -1:1:diameter * 1j]
-    bands = rng.uniform(1.6, 2.4)  # dark+light periods per unit length: about diameter / 4 pixels each
+    bands = rng.uniform(1.6, 2.4)  # light+dark pairs per object radius: a period of about diameter / 4 px
     phase = rng.uniform(0, 1, size=2)
     if texture == "solid":
         return np.zeros_like(u, dtype=bool)
@@ -167,9 +167,9 @@ def _background(rng: np.random.Generator, width: int, height: int) -> Image.Imag
 def render_image(class_index: int, rng: np.random.Generator, size: tuple[int, int]) -> Image.Image:
     """Draw one RGB image of class ``class_index`` (0-based) at ``size`` = (width, height) pixels.
 
-    All randomness (object position, scale, rotation and colour, background, texture phase, luminance noise) comes
-    from ``rng``, so the same generator state gives the same image. The object lies inside the centred
-    square of side 0.85 x the shorter side, so a resize + centre crop always sees all of it.
+    All randomness (object position, scale, rotation and colour, background, texture phase, luminance
+    noise) comes from ``rng``, so the same generator state gives the same image. The object lies inside the
+    centred square of side 0.85 x the shorter side, so a resize + centre crop always sees all of it.
     """
     shape, hue, texture = class_style(class_index)
     width, height = size
@@ -255,7 +255,7 @@ def generate_dataset(root, num_classes=5, train_per_class=40, valid_per_class=10
             for split in written for class_index, folder in enumerate(classes)]
     for job in jobs:
         job[0].mkdir(parents=True, exist_ok=True)
-    if workers > 1:
+    if workers > 1 and len(jobs) > 1:
         # spawn, not fork: the caller may hold torch/OpenMP threads that a forked child would inherit broken.
         with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
             list(pool.map(_write_class_images, *zip(*jobs)))
@@ -269,7 +269,13 @@ def generate_dataset(root, num_classes=5, train_per_class=40, valid_per_class=10
             "seconds": time.perf_counter() - started}
 
 
+def _usable_cpus() -> int:
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return min(cpus, 8)
+
+
 def main(argv=None) -> dict:
+    """Command-line entry point: parse ``argv``, generate, print one summary line, return the summary."""
     parser = argparse.ArgumentParser(prog="python -m dogbreeds.synthetic", description=__doc__.split("\n")[0])
     parser.add_argument("out_dir", help="root of the ImageFolder tree to write")
     parser.add_argument("--classes", type=int, default=5, help=f"number of classes, 1..{MAX_CLASSES}")
@@ -280,8 +286,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--min-side", type=int, default=96)
     parser.add_argument("--max-side", type=int, default=256)
     parser.add_argument("--overwrite", action="store_true", help="replace existing split folders")
-    parser.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)),
-                        help="processes to render with (default: the CPUs this process may use)")
+    parser.add_argument("--workers", type=int, default=_usable_cpus(),
+                        help="processes to render with (default: the CPUs this process may use, at most 8)")
     args = parser.parse_args(argv)
     try:
         summary = generate_dataset(args.out_dir, args.classes, args.train, args.valid, args.test, args.seed,

@@ -219,18 +219,21 @@ def collate_skipping_bad(batch):
     return images, targets, bad
 
 
-def epoch_generator(seed: int, epoch: int) -> torch.Generator:
-    """The RNG for one epoch's order: a resumed run sees the same order as an uninterrupted one."""
-    return torch.Generator().manual_seed(seed * 100_003 + epoch)
+def epoch_generator(seed: int, epoch: int, stream: int = 0) -> torch.Generator:
+    """The RNG for one epoch's order (stream 0) or its workers' seeds (stream 1): a resumed run sees
+    the same order as an uninterrupted one, and the image loop the same order as the feature loop."""
+    return torch.Generator().manual_seed((seed * 100_003 + epoch) * 2 + stream)
 
 
 def make_loader(dataset: Dataset, batch_size: int, num_workers: int, *, shuffle_seed=None,
                 epoch: int = 0, pin_memory: bool = False, timeout: float = 0) -> DataLoader:
     """A DataLoader; with ``shuffle_seed`` its order (and worker seeds) depend only on seed and epoch."""
-    generator = epoch_generator(shuffle_seed, epoch) if shuffle_seed is not None else None
-    sampler = RandomSampler(dataset, generator=generator) if generator is not None else None
+    shuffle = shuffle_seed is not None
+    # The loader draws its workers' base seed from its own generator: keep that off the order's stream.
+    sampler = RandomSampler(dataset, generator=epoch_generator(shuffle_seed, epoch)) if shuffle else None
     # A last training batch of one image breaks BatchNorm in train mode: drop it.
-    drop_last = generator is not None and len(dataset) % batch_size == 1 and len(dataset) > 1
+    drop_last = shuffle and len(dataset) % batch_size == 1 and len(dataset) > 1
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
                       collate_fn=collate_skipping_bad, pin_memory=pin_memory, drop_last=drop_last,
-                      generator=generator, timeout=timeout if num_workers else 0)
+                      generator=epoch_generator(shuffle_seed, epoch, stream=1) if shuffle else None,
+                      timeout=timeout if num_workers else 0)

@@ -79,6 +79,7 @@ class StepRecorder:
         self.weights = {"step": [], "groups": {g: [] for g in self.groups}}
         self.loader_batches = {"phase": [], "data_seconds": [], "compute_seconds": []}
         self.loader_failures: list[dict] = []
+        self.phase = "setup"  # which loader pass is running, for failure reports
 
     def norms(self) -> tuple[dict, dict]:
         """Weight-gradient and weight L2 norm per group (gradient 0 for groups that don't train)."""

@@ -223,9 +223,21 @@ class StepProfiler:
                 "steps": self.profiled_steps, "top_ops": self.top_ops}
 
 
+def loader_failure(exc: BaseException, recorder: StepRecorder, phase: str) -> TrainingAborted | None:
+    """A dead or hung data-loader worker, recorded for the DataLoaderStall rule; None for other errors.
+
+    PyTorch reports a killed worker from the iterator or, through its SIGCHLD handler, from wherever
+    the main process happens to be (often inside backward)."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    if not isinstance(exc, RuntimeError) or isinstance(exc, TrainingAborted) or "DataLoader" not in text:
+        return None
+    recorder.loader_failures.append({"phase": phase, "error": text})
+    return TrainingAborted(f"data loader failed during {phase}: {text}")
+
+
 def iterate_loader(loader, phase: str, recorder: StepRecorder, skipped: list):
-    """Yield (inputs, targets, data_seconds) from a DataLoader, recording skipped images and
-    turning a dead worker into TrainingAborted with the loader's own explanation."""
+    """Yield (inputs, targets, data_seconds) from a DataLoader, recording skipped images."""
+    recorder.phase = phase
     iterator = iter(loader)
     while True:
         started = time.perf_counter()
@@ -233,9 +245,6 @@ def iterate_loader(loader, phase: str, recorder: StepRecorder, skipped: list):
             inputs, targets, bad = next(iterator)
         except StopIteration:
             return
-        except RuntimeError as exc:  # "DataLoader worker (pid ...) is killed by signal", timeouts
-            recorder.loader_failures.append({"phase": phase, "error": str(exc).splitlines()[0]})
-            raise TrainingAborted(f"data loader failed during {phase}: {str(exc).splitlines()[0]}") from exc
         for item in bad:
             if item not in skipped:
                 log.warning("skipping unreadable image %s: %s", item["path"], item["reason"])
@@ -570,7 +579,10 @@ def run(args) -> dict:
                         "per_class": per_class, "confusion": confusion})
         return summary
     except Exception as exc:
-        summary.update({"status": "Failed", "failure_reason": f"{type(exc).__name__}: {exc}"})
+        aborted = loader_failure(exc, ctx.recorder, ctx.recorder.phase) if ctx is not None else None
+        summary.update({"status": "Failed", "failure_reason": f"{type(aborted or exc).__name__}: {aborted or exc}"})
+        if aborted:
+            raise aborted from exc
         raise
     finally:
         summary["system"] = sampler.stop()
@@ -612,7 +624,7 @@ def finish_diagnostics(summary: dict, output_dir: Path):
 
 def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        stream=sys.stdout)
+                        stream=sys.stdout, force=True)
     args = parse_args(argv)
     try:
         run(args)
