@@ -1,7 +1,7 @@
 """Benchmark: head-only training with cached backbone features vs. running the frozen backbone every epoch.
 
-    .venv/bin/python bench/cached_vs_uncached.py                 # default size, about 1-3 min on 2 CPU cores
-    .venv/bin/python bench/cached_vs_uncached.py --quick         # about 30 s
+    .venv/bin/python bench/cached_vs_uncached.py            # default size: about 1-3 min on 2 idle CPU cores
+    .venv/bin/python bench/cached_vs_uncached.py --quick    # about 30 s
     .venv/bin/python bench/cached_vs_uncached.py --classes 10 --train-per-class 40 --epochs 3 --image-size 112
 
 Generates one synthetic dataset, then trains the same hyperparameters twice in this process with
@@ -49,43 +49,44 @@ from training.models import create_model  # noqa: E402
 MODES = ("cached", "uncached")
 TRAINER_MODE = {"cached": "cached", "uncached": "frozen"}  # what train.training_mode() calls each
 
-DEFAULT_SIZE = dict(classes=10, train_per_class=40, valid_per_class=10, test_per_class=10,
-                    epochs=3, image_size=112)
-QUICK_SIZE = dict(classes=5, train_per_class=20, valid_per_class=5, test_per_class=5,
-                  epochs=3, image_size=64)
+DEFAULT_SIZE = dict(classes=10, train_per_class=60, valid_per_class=15, test_per_class=15,
+                    epochs=5, image_size=112)
+QUICK_SIZE = dict(classes=5, train_per_class=40, valid_per_class=10, test_per_class=10,
+                  epochs=3, image_size=112)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+
+    def size(name, text):
+        p.add_argument(f"--{name.replace('_', '-')}", type=int,
+                       help=f"{text} (default {DEFAULT_SIZE[name]}; with --quick {QUICK_SIZE[name]})")
+
     p.add_argument("--quick", action="store_true",
-                   help="a smaller dataset and fewer epochs (about 30 s); explicit size flags still win: "
-                        + ", ".join(f"{k}={v}" for k, v in QUICK_SIZE.items()))
-    p.add_argument("--classes", type=int, help=f"number of classes (default {DEFAULT_SIZE['classes']})")
-    p.add_argument("--train-per-class", type=int,
-                   help=f"train images per class (default {DEFAULT_SIZE['train_per_class']})")
-    p.add_argument("--valid-per-class", type=int,
-                   help=f"valid images per class (default {DEFAULT_SIZE['valid_per_class']})")
-    p.add_argument("--test-per-class", type=int,
-                   help=f"test images per class (default {DEFAULT_SIZE['test_per_class']})")
-    p.add_argument("--epochs", type=int, help=f"epochs per mode (default {DEFAULT_SIZE['epochs']})")
-    p.add_argument("--image-size", type=int, help=f"training resolution (default {DEFAULT_SIZE['image_size']})")
-    p.add_argument("--min-side", type=int, default=96, help="smallest stored image side (px)")
-    p.add_argument("--max-side", type=int, default=256, help="largest stored image side (px)")
-    p.add_argument("--arch", default="resnet18", choices=("resnet18", "resnet34", "resnet50"))
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--seed", type=int, default=0)
+                   help="a smaller dataset and fewer epochs (about 30 s); explicit size flags still win")
+    size("classes", "number of classes")
+    size("train_per_class", "train images per class")
+    size("valid_per_class", "valid images per class")
+    size("test_per_class", "test images per class")
+    size("epochs", "epochs per mode")
+    size("image_size", "training resolution in px")
+    p.add_argument("--min-side", type=int, default=96, help="smallest stored image side in px (default 96)")
+    p.add_argument("--max-side", type=int, default=256, help="largest stored image side in px (default 256)")
+    p.add_argument("--arch", default="resnet18", choices=("resnet18", "resnet34", "resnet50"),
+                   help="backbone (default resnet18)")
+    p.add_argument("--batch-size", type=int, default=32, help="default 32")
+    p.add_argument("--seed", type=int, default=0, help="dataset and training seed (default 0)")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1,
-                   help="torch.set_num_threads for both modes")
+                   help="torch.set_num_threads, the same for both modes (default: the CPU count, %(default)s)")
     p.add_argument("--num-workers", type=int, default=0,
-                   help="data-loader workers for both modes (0: decode in the main process)")
+                   help="data-loader workers for both modes (default 0: decode in the main process)")
     p.add_argument("--order", choices=("cached-first", "uncached-first"), default="cached-first",
-                   help="which mode runs first")
+                   help="which mode runs first (default cached-first)")
     p.add_argument("--keep", action="store_true", help="keep the temp dir (data, models, trainer logs)")
     p.add_argument("--verbose", action="store_true", help="show the trainer's own output")
     args = p.parse_args(argv)
-    size = QUICK_SIZE if args.quick else DEFAULT_SIZE
-    for name, default in size.items():
+    preset = QUICK_SIZE if args.quick else DEFAULT_SIZE
+    for name, default in preset.items():
         if getattr(args, name) is None:
             setattr(args, name, default)
     return args
@@ -93,13 +94,14 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 # ------------------------------------------------------------------------------------------ measuring
 
-def load_average() -> str:
-    if not hasattr(os, "getloadavg"):
-        return "?"
-    return " / ".join(f"{x:.2f}" for x in os.getloadavg())
+def others_cpu_percent(seconds: float = 1.0) -> float:
+    """Whole-machine CPU use while this process sleeps: what other processes are taking right now."""
+    import psutil  # a trainer dependency
+
+    return psutil.cpu_percent(interval=seconds)
 
 
-def machine_facts(load_at_start: str) -> list[tuple[str, str]]:
+def machine_facts(busy: dict) -> list[tuple[str, str]]:
     cpu_model = platform.processor() or "?"
     with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -117,8 +119,8 @@ def machine_facts(load_at_start: str) -> list[tuple[str, str]]:
         ("torch", f"{torch.__version__} (torchvision {torchvision.__version__}, "
                   f"mkldnn {'on' if torch.backends.mkldnn.is_available() else 'off'})"),
         ("python", f"{platform.python_version()} on {platform.system()} {platform.machine()}"),
-        ("load average", f"{load_at_start} at start, {load_average()} at end (1/5/15 min; other processes"
-                         " on the machine slow both modes)"),
+        ("other load", "CPU use by other processes in a 1 s sample just before each mode: "
+                       + ", ".join(f"{m} {v:.0f}%" for m, v in busy.items()) + f" of {os.cpu_count()} CPUs"),
     ]
 
 
@@ -235,7 +237,7 @@ def table(rows: list[list[str]]) -> str:
 
 
 def report(results: dict, dataset: dict, args, facts, gen_seconds: float, bench_seconds: float,
-           load_at_start: str):
+           busy: dict):
     c, u = results["cached"], results["uncached"]
     n_train = sum(dataset["counts"]["train"].values())
     n_valid = sum(dataset["counts"]["valid"].values())
@@ -260,13 +262,15 @@ def report(results: dict, dataset: dict, args, facts, gen_seconds: float, bench_
                      fmt_s(r["total"]), f"{r['test_acc']:.4f}"])
     print(table(rows))
     print()
-    print("  epoch = train + validation (the trainer's per-epoch 'seconds'); epoch+checkpoint = median gap between")
-    print("  epoch records in metrics.jsonl (adds the checkpoint the trainer writes after every epoch; needs 2+ epochs);")
-    print("  total = wall time of train.run(): setup + extraction + epochs + checkpoints + test + model dir and report.")
+    print("  epoch = train + validation (the trainer's per-epoch 'seconds').")
+    print("  epoch+checkpoint = median gap between epoch records in metrics.jsonl: adds the checkpoint the trainer")
+    print("  writes after every epoch (needs 2+ epochs).")
+    print("  total = wall time of train.run(): setup + extraction + epochs + checkpoints + test + model dir, report.")
     print(f"  cached extraction: {fmt_s(c['extract_wall'])} wall for {n_train + n_valid + n_test} images "
           f"(sum of extract-* batch times {fmt_s(c['extract_batches'])}).")
     for r in (c, u):
-        print(f"  {r['mode']:8s} per epoch: {r['steps_per_epoch']:.0f} train steps, "
+        plural = "s" if r["steps_per_epoch"] != 1 else ""
+        print(f"  {r['mode']:8s} per epoch: {r['steps_per_epoch']:.0f} train step{plural}, "
               f"{fmt_s(r['train_step_data'])} waiting for data + {fmt_s(r['train_step_compute'])} compute "
               f"(rest of the epoch: validation and loop overhead)")
     print()
@@ -278,7 +282,8 @@ def report(results: dict, dataset: dict, args, facts, gen_seconds: float, bench_
         print(f"    incl. checkpoint  uncached / cached = {fmt_s(u['median_loop'])} / {fmt_s(c['median_loop'])}"
               f" = {u['median_loop'] / c['median_loop']:.1f}x")
     print(f"  total ratio         uncached / cached = {fmt_s(u['total'])} / {fmt_s(c['total'])}"
-          f" = {total_ratio:.2f}x  (cached total includes the one-off extraction; {args.epochs} epochs)")
+          f" = {total_ratio:.2f}x  (cached total includes the one-off extraction; "
+          f"{args.epochs} epoch{'s' if args.epochs != 1 else ''})")
     saving = u["median_epoch"] - c["median_epoch"]
     if saving > 0:
         simple = c["extract_wall"] / saving
@@ -289,8 +294,8 @@ def report(results: dict, dataset: dict, args, facts, gen_seconds: float, bench_
         whole = (fixed_c - fixed_u) / saving
         print(f"  break-even          one-off extraction / per-epoch saving = {fmt_s(c['extract_wall'])} / "
               f"{fmt_s(saving)} = {simple:.2f} epochs")
-        print(f"                      counting all non-epoch time of both runs (setup, checkpoints, test pass, outputs): "
-              f"{whole:.2f} epochs")
+        print(f"                      counting all non-epoch time of both runs (setup, checkpoints, test pass,"
+              f" outputs): {whole:.2f} epochs")
         verdict = ("from the first epoch" if whole <= 0 else
                    f"for runs longer than {whole:.2f} epochs, i.e. {math.floor(whole) + 1} or more")
         print(f"                      -> projected from these timings, caching comes out ahead {verdict}")
@@ -306,24 +311,33 @@ def report(results: dict, dataset: dict, args, facts, gen_seconds: float, bench_
     print(f"                      test confusion matrices {'identical' if same_confusion else 'DIFFER'}; "
           f"largest val acc difference over the epochs {val_diff:.4f}")
     print(f"                      largest |weight difference| between the two saved models {weight_diff:.2e}")
-    print("  (test acc is low-ish by design: --weights none means a random, frozen backbone; the bench is")
-    print("   about speed at equal quality, not about accuracy)")
+    print(f"  (accuracy is near chance, 1/{len(dataset['classes'])} = {1 / len(dataset['classes']):.2f}, by design: "
+          "--weights none means a random, frozen")
+    print("   backbone. The bench is about speed at equal quality, not about accuracy.)")
     print()
-    print(f"  bench wall time {fmt_s(bench_seconds)} (incl. dataset generation). These numbers come from this one run"
-          f" on this machine;")
-    print("  the 'epochs min..max' column shows how much epochs doing identical work varied within it.")
-    load_1min = float(load_at_start.split(" / ")[0]) if load_at_start != "?" else 0.0
-    cpus = os.cpu_count() or 1
-    if load_1min > 0.5 * cpus:
-        print(f"  NOTE: the machine was already busy when the bench started (1-min load {load_1min:.2f} on {cpus} CPUs):")
-        print(f"  other processes compete with torch's {args.threads} threads, which inflates and scatters the timings")
-        print("  (small ops in the cached epoch suffer most). Rerun on an idle machine, or compare with --threads 1.")
+    print(f"  bench wall time {fmt_s(bench_seconds)} (incl. dataset generation and 2 s of load sampling).")
+    print("  These numbers come from this one run on this machine; the 'epochs min..max' column shows how much")
+    print("  epochs doing identical work varied within it.")
+    spreads = {r["mode"]: max(r["epoch_seconds"]) / min(r["epoch_seconds"]) for r in (c, u)
+               if len(r["epoch_seconds"]) > 1 and min(r["epoch_seconds"]) > 0}
+    uneven = {m: x for m, x in spreads.items() if x > 2}
+    if uneven:
+        print("  NOTE: epochs doing identical work took up to "
+              + ", ".join(f"{x:.1f}x as long as each other ({m})" for m, x in uneven.items()) + ":")
+        print("  probably the machine's load changed during the run, so the ratios above are rough; rerun to compare.")
+    if max(busy.values()) > 25:
+        threads = f"{args.threads} thread" + ("s" if args.threads != 1 else "")
+        print(f"  NOTE: other processes were using up to {max(busy.values()):.0f}% of the CPUs when a mode started;"
+              f" they compete with")
+        print(f"  torch's {threads}, which inflates and scatters the timings (with 2+ threads every parallel op")
+        print("  waits for its slowest thread). Rerun on an idle machine"
+              + (", or compare with --threads 1." if args.threads != 1 else "."))
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
     bench_started = time.perf_counter()
-    load_at_start = load_average()
+    busy: dict[str, float] = {}
     torch.set_num_threads(args.threads)  # once, before any work: both modes see the same setting
     torch.manual_seed(args.seed)
     work = Path(tempfile.mkdtemp(prefix="bench-cached-"))
@@ -337,13 +351,15 @@ def main(argv=None) -> int:
         order = MODES if args.order == "cached-first" else MODES[::-1]
         results = {}
         for mode in order:
-            print(f"training {mode} ({args.epochs} epochs) ...", flush=True)
+            busy[mode] = others_cpu_percent()
+            print(f"training {mode} ({args.epochs} epochs; other processes were using {busy[mode]:.0f}% of the"
+                  " CPUs) ...", flush=True)
             results[mode] = run_mode(mode, work / "data", work, args)
             r = results[mode]
             print(f"  done in {fmt_s(r['total'])}; epochs: {', '.join(f'{s:.3f}' for s in r['epoch_seconds'])} s",
                   flush=True)
-        report(results, dataset, args, machine_facts(load_at_start), gen_seconds, time.perf_counter() - bench_started,
-               load_at_start)
+        report(results, dataset, args, machine_facts(busy), gen_seconds, time.perf_counter() - bench_started,
+               busy)
     except BaseException:
         args.keep = True  # leave the trainer logs for a post-mortem
         raise

@@ -67,12 +67,15 @@ def _is_weight(param: torch.Tensor) -> bool:
 
 
 class StepRecorder:
-    """Per-step scalars. One device sync per step: all norms are stacked and read at once."""
+    """Per-step scalars. One device sync per step: all norms are stacked and read at once.
+
+    Only trainable weights are watched: frozen ones never change and have no gradient, and with a
+    frozen ResNet backbone their norms would cost more than the step itself."""
 
     def __init__(self, model: nn.Module):
         self.groups: dict[str, list[torch.nn.Parameter]] = {}
         for name, param in model.named_parameters():
-            if _is_weight(param):
+            if _is_weight(param) and param.requires_grad:
                 self.groups.setdefault(layer_group(name), []).append(param)
         self.steps = {"step": [], "epoch": [], "loss": [], "data_seconds": [], "compute_seconds": []}
         self.gradients = {"step": [], "groups": {g: [] for g in self.groups}}
@@ -82,7 +85,7 @@ class StepRecorder:
         self.phase = "setup"  # which loader pass is running, for failure reports
 
     def norms(self) -> tuple[dict, dict]:
-        """Weight-gradient and weight L2 norm per group (gradient 0 for groups that don't train)."""
+        """Weight-gradient and weight L2 norm per trainable group."""
         names, values = [], []
         for group, params in self.groups.items():
             grads = [p.grad for p in params if p.grad is not None]

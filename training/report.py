@@ -863,7 +863,7 @@ def _sec_confusion(s: dict) -> str:
              '<p class="muted">Rows: true class; columns: predicted class. Green: correct '
              "predictions (diagonal); red: errors, darker = more. Errors involving classes "
              "outside this subset are counted in the table below but not drawn.</p>",
-             f"<h3>Top confused pairs</h3>"]
+             "<h3>Top confused pairs</h3>"]
     rows = [[esc(classes[i]), esc(classes[j]), esc(fmt_num(c)),
              esc(fmt_pct(c / rt)) if rt else "—"] for i, j, c, rt in pairs]
     parts.append(_table(["True class", "Predicted as", "Count", "Share of true class"], rows,
@@ -934,7 +934,7 @@ def _sec_step_time(s: dict) -> str:
             f'<div class="v">{esc(ms(sum_c / len(trip)))} ms</div></div>'
             f'<div class="kpi"><div class="k">Steps timed</div>'
             f'<div class="v">{len(trip):,}</div></div></div>')
-    note = (f'<p class="muted">Stacked: compute at the bottom, data wait on top'
+    note = ('<p class="muted">Stacked: compute at the bottom, data wait on top'
             + (f"; averaged over buckets of about {len(trip) // len(tot_x)} steps" if len(tot_x) < len(trip) else "")
             + ".</p>")
     chart = line_chart([Series("data wait (on top)", tot_x, [v * 1000 for v in tot_y], "#dd8a1c",

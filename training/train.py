@@ -19,7 +19,6 @@ Three ways to train, chosen from the hyperparameters:
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import logging
 import math
@@ -28,7 +27,9 @@ import platform
 import shutil
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable, NamedTuple
 
 if __package__ in (None, ""):  # run as a script (SageMaker script mode): make the packages importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -408,13 +409,151 @@ def write_failure(message: str, env=os.environ):
         (output_dir / "failure").write_text(message[:1024])
 
 
+class BatchSource(NamedTuple):
+    """How one training mode feeds the loops: the forward pass, and batches per epoch and per split."""
+
+    forward: Callable
+    train_batches: Callable  # epoch -> iterable of (inputs, targets, data_seconds)
+    eval_batches: Callable   # split -> iterable of (inputs, targets, data_seconds)
+
+
+def cached_source(args, ctx, model, plan, loader, skipped) -> BatchSource:
+    """Backbone features computed once per image (or loaded from the checkpoint directory); the head
+    trains on them. Valid because the backbone is frozen in eval mode and the pixels never change."""
+    backbone = backbone_of(model).eval()
+    cache_file = Path(args.checkpoint_dir) / f"features-{plan.fingerprint}-{args.arch}-{args.image_size}.pt"
+    key = {"weights": args.weights, "seed": args.seed}
+    cached = torch.load(cache_file, weights_only=True) if cache_file.exists() else None
+    if cached and cached.get("key") == key:
+        features = cached["features"]
+        skipped += [s for s in cached["skipped"] if s not in skipped]
+        log.info("loaded cached features from %s", cache_file)
+    else:
+        features = {}
+        for split in data_lib.SPLITS:
+            t0 = time.perf_counter()
+            features[split] = extract_features(backbone, loader(split), f"extract-{split}", ctx, skipped)
+            log.info("computed %s features for %d images in %.1fs", split, len(features[split][1]),
+                     time.perf_counter() - t0)
+        atomic_save({"key": key, "features": features, "skipped": skipped}, cache_file)
+    ctx.profiler.stop()
+
+    def train_batches(epoch):
+        return feature_batches(*features["train"], args.batch_size, data_lib.epoch_generator(args.seed, epoch))
+
+    def eval_batches(split):
+        feats, targets = features[split]
+        return ((feats[i:i + 1024], targets[i:i + 1024], 0.0) for i in range(0, len(targets), 1024))
+
+    return BatchSource(model.fc, train_batches, eval_batches)
+
+
+def image_source(args, ctx, model, plan, loader, skipped) -> BatchSource:
+    """Decoded images every epoch: through the frozen backbone (no gradient) or the whole network."""
+    if ctx.device.type == "cuda":
+        model.to(memory_format=torch.channels_last)
+    backbone = backbone_of(model)
+
+    def forward(x):
+        if ctx.mode == "frozen":
+            with torch.no_grad():
+                x = backbone(x)
+            return model.fc(x)
+        return model(x)
+
+    def train_batches(epoch):
+        return iterate_loader(loader("train", epoch, shuffle=True), f"train-{epoch}", ctx.recorder, skipped)
+
+    def eval_batches(split):
+        return iterate_loader(loader(split), f"eval-{split}", ctx.recorder, skipped)
+
+    return BatchSource(forward, train_batches, eval_batches)
+
+
+@dataclass
+class TrainingState:
+    """What a checkpoint carries besides weights and optimiser: enough to continue exactly."""
+
+    history: list = field(default_factory=list)
+    best: dict = field(default_factory=lambda: {"val_acc": -1.0, "epoch": 0, "state": None})
+    stale_epochs: int = 0
+    start_epoch: int = 1
+    checkpoint_file: Path | None = None
+
+
+def changing_state(model, mode: str) -> dict:
+    """The part of the state_dict training can change: all of it for ``full``, else the head alone
+    (the frozen backbone, BatchNorm statistics included, stays as it was built)."""
+    state = model.state_dict()
+    return {k: v.detach().clone() for k, v in state.items() if mode == "full" or k.startswith("fc.")}
+
+
+def restore_state(model, saved: dict, mode: str):
+    missing, unexpected = model.load_state_dict(saved, strict=False)
+    if unexpected or (mode == "full" and missing):
+        raise RuntimeError(f"checkpoint does not fit the model: missing {missing[:3]}, unexpected {unexpected[:3]}")
+
+
+def resume(checkpoint_file: Path, args, plan, model, optimizer, ctx) -> TrainingState:
+    """Continue from ``checkpoint_file`` when it was written for the same hyperparameters and data."""
+    state = TrainingState(checkpoint_file=checkpoint_file)
+    if not checkpoint_file.exists():
+        return state
+    ckpt = torch.load(checkpoint_file, map_location=ctx.device, weights_only=True)
+    if ckpt.get("resume_key") != json.loads(json.dumps(resume_key(args, plan))):
+        log.warning("ignoring %s: it was written for other hyperparameters or data", checkpoint_file)
+        return state
+    restore_state(model, ckpt["model"], ctx.mode)
+    optimizer.load_state_dict(ckpt["optimizer"])
+    state.history, state.best, state.stale_epochs = ckpt["history"], ckpt["best"], ckpt["stale_epochs"]
+    state.start_epoch, ctx.step = ckpt["epoch"] + 1, ckpt["step"]
+    ctx.recorder.load_dict(json.loads(ckpt["record"]))
+    ctx.probe.records = json.loads(ckpt["activations"])
+    log.info("resumed from %s after epoch %d (best val_acc %.4f at epoch %d)", checkpoint_file,
+             ckpt["epoch"], state.best["val_acc"], state.best["epoch"])
+    return state
+
+
+def fit(args, ctx, model, optimizer, scaler, source: BatchSource, state: TrainingState, plan):
+    """The epoch loop: train, validate, log the metric line, keep the best state, checkpoint, stop early."""
+    patience = args.early_stopping_patience
+    for epoch in range(state.start_epoch, args.epochs + 1):
+        if patience and state.stale_epochs >= patience:
+            log.info("early stopping: val_acc has not improved for %d epochs (best %.4f at epoch %d)",
+                     state.stale_epochs, state.best["val_acc"], state.best["epoch"])
+            break
+        t0 = time.perf_counter()
+        torch.manual_seed(args.seed * 1000 + epoch)  # augmentation in the main process
+        model.train(ctx.mode == "full")  # a frozen backbone keeps its BatchNorm statistics
+        train_loss, train_acc = train_one_epoch(source.forward, source.train_batches(epoch), optimizer, scaler,
+                                                args, ctx, epoch)
+        model.eval()
+        val = evaluate(source.forward, source.eval_batches("valid"), ctx)
+        row = {"epoch": epoch, "train_loss": train_loss, "train_acc": train_acc, "val_loss": val["loss"],
+               "val_acc": val["acc"], "seconds": round(time.perf_counter() - t0, 3)}
+        state.history.append(row)
+        print(f"epoch={epoch} train_loss={train_loss:.4f} train_acc={train_acc:.4f} "
+              f"val_loss={val['loss']:.4f} val_acc={val['acc']:.4f}", flush=True)
+        ctx.metrics.write("epoch", **row)
+        if val["acc"] > state.best["val_acc"]:
+            state.best = {"val_acc": val["acc"], "epoch": epoch, "state": changing_state(model, ctx.mode)}
+            state.stale_epochs = 0
+        else:
+            state.stale_epochs += 1
+        atomic_save({"epoch": epoch, "step": ctx.step, "model": changing_state(model, ctx.mode),
+                     "optimizer": optimizer.state_dict(), "history": state.history, "best": state.best,
+                     "stale_epochs": state.stale_epochs, "resume_key": resume_key(args, plan),
+                     "record": json.dumps(ctx.recorder.as_dict()),
+                     "activations": json.dumps(ctx.probe.records)}, state.checkpoint_file)
+    ctx.profiler.stop()
+
+
 # ----------------------------------------------------------------------------------------------- main
 
 def run(args) -> dict:
     """Train per ``args``; return the summary that went into report.html (raises on failure)."""
     output_dir, model_dir = Path(args.output_data_dir), Path(args.model_dir)
-    checkpoint_dir = Path(args.checkpoint_dir)
-    for d in (output_dir, model_dir, checkpoint_dir):
+    for d in (output_dir, model_dir, Path(args.checkpoint_dir)):
         d.mkdir(parents=True, exist_ok=True)
     started_at, started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), time.monotonic()
     summary = {"title": f"Training report: {os.environ.get('TRAINING_JOB_NAME', model_dir.resolve().name)}",
@@ -464,110 +603,17 @@ def run(args) -> dict:
             return data_lib.make_loader(datasets[split], args.batch_size, args.num_workers, pin_memory=pin,
                                         shuffle_seed=args.seed if shuffle else None, epoch=epoch, timeout=300)
 
-        backbone = backbone_of(model)
-        if ctx.mode == "cached":
-            backbone.eval()
-            cache_file = checkpoint_dir / f"features-{plan.fingerprint}-{args.arch}-{args.image_size}.pt"
-            key = {"weights": args.weights, "seed": args.seed}
-            cached = torch.load(cache_file, weights_only=True) if cache_file.exists() else None
-            if cached and cached.get("key") == key:
-                features = cached["features"]
-                skipped += [s for s in cached["skipped"] if s not in skipped]
-                log.info("loaded cached features from %s", cache_file)
-            else:
-                features = {}
-                for split in data_lib.SPLITS:
-                    t0 = time.perf_counter()
-                    features[split] = extract_features(backbone, loader(split), f"extract-{split}", ctx, skipped)
-                    log.info("computed %s features for %d images in %.1fs", split, len(features[split][1]),
-                             time.perf_counter() - t0)
-                atomic_save({"key": key, "features": features, "skipped": skipped}, cache_file)
-            ctx.profiler.stop()
-            head = model.fc
-
-            def forward(x):
-                return head(x)
-
-            def train_batches(epoch):
-                return feature_batches(*features["train"], args.batch_size, data_lib.epoch_generator(args.seed, epoch))
-
-            def eval_batches(split):
-                feats, targets = features[split]
-                return ((feats[i:i + 1024], targets[i:i + 1024], 0.0) for i in range(0, len(targets), 1024))
-        else:
-            if ctx.device.type == "cuda":
-                model.to(memory_format=torch.channels_last)
-
-            def forward(x):
-                if ctx.mode == "frozen":
-                    with torch.no_grad():
-                        x = backbone(x)
-                    return model.fc(x)
-                return model(x)
-
-            def train_batches(epoch):
-                return iterate_loader(loader("train", epoch, shuffle=True), f"train-{epoch}", ctx.recorder, skipped)
-
-            def eval_batches(split):
-                return iterate_loader(loader(split), f"eval-{split}", ctx.recorder, skipped)
-
-        def set_train_mode():
-            model.train(ctx.mode == "full")  # a frozen backbone keeps its BatchNorm statistics
-
-        # Resume from the checkpoint directory when it holds a run with the same configuration.
-        checkpoint_file = checkpoint_dir / "checkpoint.pth"
-        history, best, start_epoch, stale = [], {"val_acc": -1.0, "epoch": 0, "state": None}, 1, 0
-        if checkpoint_file.exists():
-            ckpt = torch.load(checkpoint_file, map_location=ctx.device, weights_only=True)
-            if ckpt.get("resume_key") == json.loads(json.dumps(resume_key(args, plan))):
-                model.load_state_dict(ckpt["model"])
-                optimizer.load_state_dict(ckpt["optimizer"])
-                history, best, stale = ckpt["history"], ckpt["best"], ckpt["stale_epochs"]
-                start_epoch, ctx.step = ckpt["epoch"] + 1, ckpt["step"]
-                ctx.recorder.load_dict(json.loads(ckpt["record"]))
-                ctx.probe.records = json.loads(ckpt["activations"])
-                log.info("resumed from %s after epoch %d (best val_acc %.4f at epoch %d)", checkpoint_file,
-                         ckpt["epoch"], best["val_acc"], best["epoch"])
-            else:
-                log.warning("ignoring %s: it was written for other hyperparameters or data", checkpoint_file)
-
-        stopped_early = bool(history) and args.early_stopping_patience and stale >= args.early_stopping_patience
-        for epoch in range(start_epoch, args.epochs + 1):
-            if stopped_early:
-                break
-            t0 = time.perf_counter()
-            torch.manual_seed(args.seed * 1000 + epoch)  # augmentation in the main process
-            set_train_mode()
-            train_loss, train_acc = train_one_epoch(forward, train_batches(epoch), optimizer, scaler, args, ctx, epoch)
-            model.eval()
-            val = evaluate(forward, eval_batches("valid"), ctx)
-            row = {"epoch": epoch, "train_loss": train_loss, "train_acc": train_acc, "val_loss": val["loss"],
-                   "val_acc": val["acc"], "seconds": round(time.perf_counter() - t0, 3)}
-            history.append(row)
-            print(f"epoch={epoch} train_loss={train_loss:.4f} train_acc={train_acc:.4f} "
-                  f"val_loss={val['loss']:.4f} val_acc={val['acc']:.4f}", flush=True)
-            ctx.metrics.write("epoch", **row)
-            if val["acc"] > best["val_acc"]:
-                best = {"val_acc": val["acc"], "epoch": epoch, "state": copy.deepcopy(model.state_dict())}
-                stale = 0
-            else:
-                stale += 1
-            atomic_save({"epoch": epoch, "step": ctx.step, "model": model.state_dict(),
-                         "optimizer": optimizer.state_dict(), "history": history, "best": best,
-                         "stale_epochs": stale, "resume_key": resume_key(args, plan),
-                         "record": json.dumps(ctx.recorder.as_dict()),
-                         "activations": json.dumps(ctx.probe.records)}, checkpoint_file)
-            if args.early_stopping_patience and stale >= args.early_stopping_patience:
-                log.info("early stopping: val_acc has not improved for %d epochs (best %.4f at epoch %d)",
-                         stale, best["val_acc"], best["epoch"])
-                stopped_early = True
+        source = (cached_source if ctx.mode == "cached" else image_source)(args, ctx, model, plan, loader, skipped)
+        state = resume(Path(args.checkpoint_dir) / "checkpoint.pth", args, plan, model, optimizer, ctx)
+        fit(args, ctx, model, optimizer, scaler, source, state, plan)
+        best, history = state.best, state.history
         ctx.profiler.stop()
 
         if best["state"] is not None:
-            model.load_state_dict(best["state"])
+            restore_state(model, best["state"], ctx.mode)
         model.eval()
         test_split = "test" if plan.samples["test"] else "valid"
-        test = evaluate(forward, eval_batches(test_split), ctx)
+        test = evaluate(source.forward, source.eval_batches(test_split), ctx)
         print(f"test_loss={test['loss']:.4f} test_acc={test['acc']:.4f}", flush=True)
         ctx.metrics.write("test", split=test_split, test_loss=test["loss"], test_acc=test["acc"])
         per_class, confusion = per_class_and_confusion(test, plan.classes)
