@@ -317,3 +317,12 @@ def test_write_report_is_atomic_and_overwrites(tmp_path):
     assert target.read_text(encoding="utf-8") == render_report(s)
     assert os.listdir(target.parent) == ["report.html"]  # no temp file left behind
     assert target.stat().st_mode & 0o644 == 0o644
+
+
+def test_loss_chart_switches_to_log_scale_when_one_epoch_dwarfs_the_rest():
+    spiky = {"epochs": [{"epoch": 1, "train_loss": 1.8, "val_loss": 1571.0},
+                        {"epoch": 2, "train_loss": 0.8, "val_loss": 0.9}]}
+    tame = {"epochs": [{"epoch": 1, "train_loss": 1.8, "val_loss": 2.0},
+                       {"epoch": 2, "train_loss": 0.8, "val_loss": 0.9}]}
+    assert "loss (log scale)" in report.render_report(spiky)
+    assert "loss (log scale)" not in report.render_report(tame)

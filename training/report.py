@@ -744,6 +744,13 @@ def _epoch_series(s: dict, key: str) -> tuple[list[float], list[Any]]:
     return [float(e["epoch"]) for e in rows], [e.get(key) for e in rows]
 
 
+def _spans_decades(values, decades: float = 2.0) -> bool:
+    """True when positive values span more than ``decades`` powers of ten: one early spike (BatchNorm
+    statistics settling in a from-scratch run) would otherwise flatten every other point."""
+    positive = [float(v) for v in values if _finite(v) and float(v) > 0]
+    return len(positive) > 1 and max(positive) / min(positive) > 10 ** decades
+
+
 def _sec_loss(s: dict) -> str:
     parts = []
     ex, tr = _epoch_series(s, "train_loss")
@@ -752,7 +759,7 @@ def _sec_loss(s: dict) -> str:
         parts.append(line_chart([Series("train loss", ex, tr, PALETTE[0]),
                                  Series("validation loss", ex, va, PALETTE[1])],
                                 vlines=_best_line(s), title="Loss per epoch", x_label="epoch",
-                                y_label="loss"))
+                                y_label="loss", log_y=_spans_decades(tr + va)))
     else:
         parts.append(_na("no per-epoch loss"))
     steps = _dict(s.get("steps"))
