@@ -13,22 +13,18 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "chalice_app"))  # Chalice imports its own chalicelib as a top-level package
 os.environ.setdefault("KINETO_LOG_LEVEL", "5")  # the profiler's C++ chatter about missing GPUs
 
+from chalicelib.sagemaker_requests import METRIC_DEFINITIONS  # noqa: E402
 from dogbreeds.synthetic import generate_dataset  # noqa: E402
 from training import train  # noqa: E402
 
 torch.set_num_threads(2)
 
-# What a SageMaker MetricDefinitions list for this trainer looks like (the control plane builds the same).
-SAGEMAKER_METRIC_DEFINITIONS = [
-    {"Name": "train:loss", "Regex": r"train_loss=([0-9\.]+)"},
-    {"Name": "train:accuracy", "Regex": r"train_acc=([0-9\.]+)"},
-    {"Name": "validation:loss", "Regex": r"val_loss=([0-9\.]+)"},
-    {"Name": "validation:accuracy", "Regex": r"val_acc=([0-9\.]+)"},
-    {"Name": "test:loss", "Regex": r"test_loss=([0-9\.]+)"},
-    {"Name": "test:accuracy", "Regex": r"test_acc=([0-9\.]+)"},
-]
+# The MetricDefinitions the control plane sends with every tuning and training job: the trainer's
+# log lines are tested against exactly these.
+SAGEMAKER_METRIC_DEFINITIONS = METRIC_DEFINITIONS
 
 # Small and quick: 64 px training, images stored at 64..128 px.
 SMALL = dict(min_side=64, max_side=128)
