@@ -24,3 +24,4 @@ test: setup
 
 bench: setup
 	$(VENV)/bin/python bench/cached_vs_uncached.py
+	$(VENV)/bin/python bench/diagnostics_overhead.py

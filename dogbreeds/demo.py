@@ -67,7 +67,7 @@ def main(argv=None) -> int:
     parser.add_argument("--workdir", type=Path, default=ROOT / "runs" / "demo")
     parser.add_argument("--classes", type=int, default=6)
     parser.add_argument("--train-per-class", type=int, default=40)
-    parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument("--epochs", type=int, default=12)
     parser.add_argument("--show", type=int, default=6, help="how many test images to classify")
     args = parser.parse_args(argv)
     started = time.monotonic()
