@@ -206,12 +206,13 @@ class StepProfiler:
                          "cuda_ms": round(getattr(e, "device_time_total", 0) / 1e3, 3)} for e in ops]
 
     def step(self, step: int):
+        """Call after every step of the hot loop; stops itself once the trace is written."""
         if self.prof is not None:
             self.count += 1
-            if self.count > 2:
+            if self.count > 2:  # after the wait and warm-up steps of the schedule
                 self.profiled_steps.append(step)
             self.prof.step()
-            if self.top_ops or self.count > 2 + len(self.profiled_steps) + 8:
+            if self.top_ops:
                 self.stop()
 
     def stop(self):
@@ -556,7 +557,8 @@ def run(args) -> dict:
     for d in (output_dir, model_dir, Path(args.checkpoint_dir)):
         d.mkdir(parents=True, exist_ok=True)
     started_at, started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), time.monotonic()
-    summary = {"title": f"Training report: {os.environ.get('TRAINING_JOB_NAME', model_dir.resolve().name)}",
+    job_name = os.environ.get("TRAINING_JOB_NAME") or output_dir.resolve().parent.name  # set by SageMaker
+    summary = {"title": f"Training report: {job_name}",
                "job": hyperparameters(args), "started_at": started_at, "status": "InProgress"}
     sampler = SystemSampler()
     sampler.start()
