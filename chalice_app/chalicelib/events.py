@@ -28,6 +28,7 @@ Standard library only: this module runs on Lambda.
 from __future__ import annotations
 
 import re
+from datetime import datetime, timezone
 from dataclasses import dataclass
 from typing import List, Optional, Union
 from urllib.parse import unquote_plus
@@ -94,9 +95,14 @@ class JobStateChanged:
     status: str
     failure_reason: Optional[str] = None
     launched_by_tuning_job: bool = False
+    changed_at: Optional[float] = None     # detail.LastModifiedTime in epoch milliseconds, if given
 
     @property
     def identity(self) -> str:
+        """Jobs end once, so a job's identity is its status. An endpoint comes back to a status
+        (InService -> Updating -> InService), so its identity carries the change's time as well."""
+        if self.kind == "endpoint":
+            return f"{self.kind}:{self.name}:{self.status}:{self.changed_at}"
         return f"{self.kind}:{self.name}:{self.status}"
 
 
@@ -113,6 +119,29 @@ def normalise_status(status) -> str:
     if _UPPER_SNAKE.fullmatch(status):
         return "".join(part.capitalize() for part in status.split("_"))
     return status
+
+
+def _epoch_ms(value) -> Optional[float]:
+    """``LastModifiedTime`` as epoch milliseconds: SageMaker's examples give it as a number or a string
+    of digits (milliseconds); an ISO 8601 text is accepted as well. None when absent or unreadable."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, str) and value.strip():
+        text = value.strip()
+        try:
+            return float(text)
+        except ValueError:
+            pass
+        try:
+            moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+        except ValueError:
+            return None
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=timezone.utc)
+        return moment.timestamp() * 1000.0
+    return None
 
 
 def _get(mapping, path: str, where: str):
@@ -204,7 +233,7 @@ def parse_sagemaker_event(event) -> JobStateChanged:
     detail_type = event.get("detail-type")
     if detail_type is None:
         raise EventError("SageMaker event: missing detail-type")
-    if detail_type not in SAGEMAKER_DETAIL_TYPES:
+    if not isinstance(detail_type, str) or detail_type not in SAGEMAKER_DETAIL_TYPES:
         raise EventError(f"unknown detail-type {detail_type!r}: expected one of "
                          f"{', '.join(sorted(SAGEMAKER_DETAIL_TYPES))}")
     kind, name_field, status_field = SAGEMAKER_DETAIL_TYPES[detail_type]
@@ -216,11 +245,17 @@ def parse_sagemaker_event(event) -> JobStateChanged:
     tuning_arn = detail.get("TuningJobArn") if kind == "training" else None
     return JobStateChanged(kind=kind, name=name, status=status,
                            failure_reason=reason if isinstance(reason, str) and reason else None,
-                           launched_by_tuning_job=isinstance(tuning_arn, str) and bool(tuning_arn))
+                           launched_by_tuning_job=isinstance(tuning_arn, str) and bool(tuning_arn),
+                           changed_at=_epoch_ms(detail.get("LastModifiedTime")))
 
 
 def parse_event(event) -> List[Event]:
     """Either source: S3 (both shapes) or a SageMaker state change; always a list."""
-    if isinstance(event, dict) and event.get("detail-type") in SAGEMAKER_DETAIL_TYPES:
-        return [parse_sagemaker_event(event)]
+    if isinstance(event, dict) and "detail-type" in event:
+        detail_type = event["detail-type"]
+        if isinstance(detail_type, str) and detail_type in SAGEMAKER_DETAIL_TYPES:
+            return [parse_sagemaker_event(event)]
+        if detail_type != S3_OBJECT_CREATED:
+            raise EventError(f"unknown detail-type {detail_type!r}: expected {S3_OBJECT_CREATED!r} or one of "
+                             f"{', '.join(sorted(SAGEMAKER_DETAIL_TYPES))}")
     return list(parse_s3_event(event))

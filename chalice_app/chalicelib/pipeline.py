@@ -15,6 +15,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
+# The trainer reads the same extensions (training/data.py); Lambda cannot import it, a test keeps them equal.
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 SPLITS = ("train", "valid", "test")
 TEST_ACCURACY = "test:accuracy"
@@ -185,6 +186,15 @@ def _summarise(body: str) -> Tuple[str, str, str, str]:
     top_label, top_probability = pairs[0]
     top_k = ";".join(f"{label}:{_format_probability(prob)}" for label, prob in pairs)
     return top_label, _format_probability(top_probability), top_k, ""
+
+
+def image_key_for_output(output_key: str, batch_id: str, batches_prefix: str = "batch/") -> str:
+    """The input image behind a transform output: batch transform writes the result for
+    ``batch/<id>/input/<path>`` to ``batch/<id>/output/<path>.out``."""
+    output_prefix = f"{batches_prefix}{batch_id}/output/"
+    if not (output_key.startswith(output_prefix) and output_key.endswith(".out")):
+        raise ValueError(f"{output_key!r} is not a transform output under {output_prefix}")
+    return f"{batches_prefix}{batch_id}/input/{output_key[len(output_prefix):-len('.out')]}"
 
 
 def predictions_csv(rows: Iterable[Tuple[str, str]]) -> str:

@@ -1,0 +1,338 @@
+"""The pipeline's memory, and how each event changes it.
+
+A ``PipelineState`` is everything a cold Lambda needs to know: the current dataset, every run
+(dataset + publish marker) with its tuning job, training job, metrics and gate decision, the
+deployed model, the endpoint, the batches, and the identities of events already handled. It is
+stored as JSON in the bucket (``pipeline/state.json``); reading and writing it is the handler's job.
+
+Each ``on_*`` function takes a state and a parsed event and returns ``(new_state, actions)``: the
+input state is never modified, and ``actions`` says what the handler must do (start a job, deploy,
+write predictions, log a record). The functions are idempotent twice over:
+
+- an event whose identity is in ``events_seen`` returns the state unchanged and no action;
+- every action comes from a transition (a run first seen, a job first reaching a terminal status),
+  so even an event old enough to have left the bounded ``events_seen`` starts nothing again.
+
+Out-of-order delivery is tolerated: a terminal status (Completed, Failed, Stopped) is never
+overwritten, whatever arrives later; a training ``Completed`` is recorded (and gated) even when its
+tuning job's ``Completed`` has not been seen, and that late tuning event then starts nothing.
+Training jobs launched by a tuning job (the trials) are ignored and leave no trace.
+
+Events about jobs this state does not know (not started by this pipeline) change nothing and
+return no action, and are not remembered, so that they stay harmless.
+
+Standard library only: this module runs on Lambda.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Dict, List, Optional, Tuple
+
+from . import names
+from .config import QualityGate
+from .events import BatchRequested, DatasetPublished, JobStateChanged
+from .pipeline import TEST_ACCURACY, LayoutReport, gate_decision
+
+STATE_VERSION = 1
+EVENTS_SEEN_LIMIT = 500
+TERMINAL = ("Completed", "Failed", "Stopped")
+REQUESTED = "Requested"      # our own status: we asked SageMaker, no event has come back yet
+INVALID = "Invalid"          # our own status: the dataset's layout was refused, nothing started
+NO_MODEL = "NoModel"         # our own status: a batch arrived before any model was deployed
+
+
+# --- actions: what the handler must do -----------------------------------------------------------
+
+@dataclass(frozen=True)
+class StartTuning:
+    dataset: str
+    marker: str
+
+
+@dataclass(frozen=True)
+class StartTraining:
+    """Describe ``tuning_job``, take its BestTrainingJob's hyperparameters, start the instrumented run."""
+    dataset: str
+    marker: str
+    tuning_job: str
+
+
+@dataclass(frozen=True)
+class Deploy:
+    """Create the model from ``training_job``'s artifact, its endpoint config, and create or update
+    the endpoint."""
+    dataset: str
+    marker: str
+    training_job: str
+    model_name: str
+    test_acc: float
+
+
+@dataclass(frozen=True)
+class StartTransform:
+    batch_id: str
+    marker: str
+    model_name: str
+
+
+@dataclass(frozen=True)
+class WritePredictions:
+    """Read ``batch/<id>/output/*.out`` and write ``predictions.csv`` there."""
+    batch_id: str
+    transform_job: str
+    output_key: str
+
+
+@dataclass(frozen=True)
+class Record:
+    """Something a person should be able to read in the logs (a refusal, a failure)."""
+    message: str
+
+
+# --- the state ----------------------------------------------------------------------------------
+
+@dataclass
+class Run:
+    dataset: str
+    marker: str
+    tuning_job: str
+    training_job: str
+    tuning_status: Optional[str] = None
+    tuning_failure: Optional[str] = None
+    training_status: Optional[str] = None
+    training_failure: Optional[str] = None
+    best_hyperparameters: Dict[str, str] = field(default_factory=dict)
+    metrics: Dict[str, float] = field(default_factory=dict)
+    gate: Optional[dict] = None
+    layout_problems: List[str] = field(default_factory=list)
+    counts: Dict[str, Dict[str, int]] = field(default_factory=dict)
+
+
+@dataclass
+class DeployedModel:
+    model_name: str
+    dataset: str
+    marker: str
+    test_acc: float
+    training_job: str
+
+
+@dataclass
+class Endpoint:
+    name: str
+    status: str
+    failure_reason: Optional[str] = None
+    changed_at: Optional[float] = None
+
+
+@dataclass
+class Batch:
+    batch_id: str
+    marker: str
+    transform_job: Optional[str]
+    status: str
+    output_key: str
+    failure_reason: Optional[str] = None
+
+
+@dataclass
+class PipelineState:
+    current_dataset: Optional[Dict[str, str]] = None      # {"name": ..., "marker": ...}
+    runs: Dict[str, Run] = field(default_factory=dict)      # key: run_key(dataset, marker)
+    deployed: Optional[DeployedModel] = None
+    endpoint: Optional[Endpoint] = None
+    batches: Dict[str, Batch] = field(default_factory=dict)
+    events_seen: List[str] = field(default_factory=list)   # a set, kept in arrival order to bound it
+    version: int = STATE_VERSION
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str) -> "PipelineState":
+        data = json.loads(text)
+        if data.get("version") != STATE_VERSION:
+            raise ValueError(f"pipeline state version {data.get('version')!r} is not {STATE_VERSION}")
+        return cls(
+            current_dataset=data.get("current_dataset"),
+            runs={k: Run(**v) for k, v in data.get("runs", {}).items()},
+            deployed=DeployedModel(**data["deployed"]) if data.get("deployed") else None,
+            endpoint=Endpoint(**data["endpoint"]) if data.get("endpoint") else None,
+            batches={k: Batch(**v) for k, v in data.get("batches", {}).items()},
+            events_seen=list(data.get("events_seen", [])),
+            version=data["version"],
+        )
+
+    def run_for(self, kind: str, job_name: str) -> Optional[Run]:
+        """The run whose tuning (``kind="tuning"``) or training job is ``job_name``."""
+        attribute = "tuning_job" if kind == "tuning" else "training_job"
+        return next((r for r in self.runs.values() if getattr(r, attribute) == job_name), None)
+
+
+def run_key(dataset: str, marker: str) -> str:
+    return f"{dataset}/{names.normalise_marker(marker)}"
+
+
+def batch_output_key(batch_id: str, batches_prefix: str = "batch/") -> str:
+    return f"{batches_prefix}{batch_id}/output/predictions.csv"
+
+
+Result = Tuple[PipelineState, list]
+
+
+def _seen(state: PipelineState, identity: str) -> bool:
+    return identity in state.events_seen
+
+
+def _remember(state: PipelineState, identity: str) -> None:
+    state.events_seen.append(identity)
+    del state.events_seen[:-EVENTS_SEEN_LIMIT]
+
+
+def _settle(current: Optional[str], new: str) -> Tuple[str, bool]:
+    """(status to keep, whether it changed into a terminal status just now)."""
+    if current in TERMINAL:
+        return current, False
+    return new, new in TERMINAL
+
+
+# --- transitions --------------------------------------------------------------------------------
+
+def on_dataset_published(state: PipelineState, event: DatasetPublished, layout: LayoutReport) -> Result:
+    """A ``_READY`` marker: start tuning when the layout is good, record the problems when not."""
+    if _seen(state, event.identity):
+        return state, []
+    new = copy.deepcopy(state)
+    _remember(new, event.identity)
+    key = run_key(event.name, event.marker)
+    if key in new.runs:
+        return new, []
+    run = Run(dataset=event.name, marker=names.normalise_marker(event.marker),
+              tuning_job=names.tuning_job_name(event.name, event.marker),
+              training_job=names.training_job_name(event.name, event.marker),
+              counts=copy.deepcopy(layout.counts))
+    new.runs[key] = run
+    if not layout.ok:
+        run.tuning_status = INVALID
+        run.layout_problems = list(layout.problems)
+        return new, [Record(f"dataset {event.name!r} (marker {run.marker}) not started: "
+                            + "; ".join(layout.problems))]
+    run.tuning_status = REQUESTED
+    new.current_dataset = {"name": event.name, "marker": run.marker}
+    return new, [StartTuning(event.name, run.marker)]
+
+
+def on_tuning_changed(state: PipelineState, event: JobStateChanged,
+                      best_hyperparameters: Optional[Dict[str, str]] = None) -> Result:
+    """Tuning reached a status. First ``Completed`` -> StartTraining (unless training is already
+    known to have run); ``Failed``/``Stopped`` -> recorded. ``best_hyperparameters`` (optional: the
+    handler may only know them after describing the job) are kept on the run."""
+    if _seen(state, event.identity) or state.run_for("tuning", event.name) is None:
+        return state, []
+    new = copy.deepcopy(state)
+    _remember(new, event.identity)
+    run = new.run_for("tuning", event.name)
+    run.tuning_status, finished = _settle(run.tuning_status, event.status)
+    if not finished:
+        return new, []
+    if run.tuning_status == "Completed":
+        if best_hyperparameters:
+            run.best_hyperparameters = dict(best_hyperparameters)
+        if run.training_status is not None:      # the training job's own events came first
+            return new, []
+        run.training_status = REQUESTED
+        return new, [StartTraining(run.dataset, run.marker, run.tuning_job)]
+    run.tuning_failure = event.failure_reason
+    return new, [Record(f"tuning job {run.tuning_job} for dataset {run.dataset!r} {run.tuning_status.lower()}"
+                        + (f": {event.failure_reason}" if event.failure_reason else ""))]
+
+
+def on_training_changed(state: PipelineState, event: JobStateChanged, metrics: Optional[Dict[str, float]] = None,
+                        floor: float = QualityGate().accuracy_floor) -> Result:
+    """The instrumented run reached a status. First ``Completed`` -> the quality gate over
+    ``metrics`` (``pipeline.final_metrics`` of the job's FinalMetricDataList) -> Deploy when it
+    passes; ``Failed``/``Stopped`` -> recorded. Tuning trials are ignored."""
+    if event.launched_by_tuning_job or _seen(state, event.identity) \
+            or state.run_for("training", event.name) is None:
+        return state, []
+    new = copy.deepcopy(state)
+    _remember(new, event.identity)
+    run = new.run_for("training", event.name)
+    previous = run.training_status
+    run.training_status, finished = _settle(None if previous == REQUESTED else previous, event.status)
+    if not finished:
+        return new, []
+    if run.training_status != "Completed":
+        run.training_failure = event.failure_reason
+        return new, [Record(f"training job {run.training_job} for dataset {run.dataset!r} "
+                            f"{run.training_status.lower()}"
+                            + (f": {event.failure_reason}" if event.failure_reason else ""))]
+    run.metrics = dict(metrics or {})
+    deployed = {"dataset": new.deployed.dataset, "test_acc": new.deployed.test_acc} if new.deployed else None
+    decision = gate_decision({"dataset": run.dataset, "test_acc": run.metrics.get(TEST_ACCURACY)}, deployed, floor)
+    run.gate = decision.to_dict()
+    if not decision.deploy:
+        return new, [Record(f"model of {run.training_job} not deployed: {decision.reason}")]
+    model = names.model_name(run.dataset, run.marker)
+    new.deployed = DeployedModel(model_name=model, dataset=run.dataset, marker=run.marker,
+                                 test_acc=decision.candidate_accuracy, training_job=run.training_job)
+    return new, [Deploy(run.dataset, run.marker, run.training_job, model, decision.candidate_accuracy)]
+
+
+def on_endpoint_changed(state: PipelineState, event: JobStateChanged) -> Result:
+    """The endpoint's status (``InService`` means /predict can be served); no action. Endpoints move
+    back and forth (InService -> Updating -> InService), so no status is final: the change with the
+    latest ``LastModifiedTime`` wins, and an event without one counts as the latest."""
+    if _seen(state, event.identity):
+        return state, []
+    new = copy.deepcopy(state)
+    _remember(new, event.identity)
+    current = new.endpoint
+    if (current is not None and current.name == event.name and current.changed_at is not None
+            and event.changed_at is not None and event.changed_at < current.changed_at):
+        return new, []                        # an older change delivered late
+    new.endpoint = Endpoint(event.name, event.status, event.failure_reason, event.changed_at)
+    return new, []
+
+
+def on_batch_requested(state: PipelineState, event: BatchRequested, batches_prefix: str = "batch/") -> Result:
+    """``batch/<id>/_READY`` or ``POST /batch``: one transform job per batch id and marker, over the
+    deployed model. Without a deployed model the batch is recorded as ``NoModel``."""
+    if _seen(state, event.identity):
+        return state, []
+    new = copy.deepcopy(state)
+    _remember(new, event.identity)
+    marker = names.normalise_marker(event.marker)
+    existing = new.batches.get(event.batch_id)
+    if existing is not None and existing.marker == marker:
+        return new, []
+    output_key = batch_output_key(event.batch_id, batches_prefix)
+    if new.deployed is None:
+        new.batches[event.batch_id] = Batch(event.batch_id, marker, None, NO_MODEL, output_key,
+                                            "no model is deployed yet: publish a dataset first")
+        return new, [Record(f"batch {event.batch_id!r} not started: no model is deployed yet")]
+    job = names.transform_job_name(event.batch_id, marker)
+    new.batches[event.batch_id] = Batch(event.batch_id, marker, job, REQUESTED, output_key)
+    return new, [StartTransform(event.batch_id, marker, new.deployed.model_name)]
+
+
+def on_transform_changed(state: PipelineState, event: JobStateChanged) -> Result:
+    """A batch's transform job reached a status: ``Completed`` -> WritePredictions; failure recorded."""
+    batch = next((b for b in state.batches.values() if b.transform_job == event.name), None)
+    if _seen(state, event.identity) or batch is None:
+        return state, []
+    new = copy.deepcopy(state)
+    _remember(new, event.identity)
+    batch = new.batches[batch.batch_id]
+    previous = None if batch.status == REQUESTED else batch.status
+    batch.status, finished = _settle(previous, event.status)
+    if not finished:
+        return new, []
+    if batch.status == "Completed":
+        return new, [WritePredictions(batch.batch_id, batch.transform_job, batch.output_key)]
+    batch.failure_reason = event.failure_reason
+    return new, [Record(f"batch {batch.batch_id!r} ({batch.transform_job}) {batch.status.lower()}"
+                        + (f": {event.failure_reason}" if event.failure_reason else ""))]
