@@ -459,23 +459,20 @@ class PipelineConfig:
             value = env.get(name, "").strip()
             return value or None
 
-        def integer(name):
+        def parsed(name, cast, noun):
             value = text(name)
             if value is None:
                 return None
             try:
-                return int(value)
+                return cast(value)
             except ValueError:
-                problems.append(f"{name}={value!r} is not a whole number")
+                problems.append(f"{name}={value!r} is not {noun}")
+
+        def integer(name):
+            return parsed(name, int, "a whole number")
 
         def number(name):
-            value = text(name)
-            if value is None:
-                return None
-            try:
-                return float(value)
-            except ValueError:
-                problems.append(f"{name}={value!r} is not a number")
+            return parsed(name, float, "a number")
 
         def flag(name):
             value = text(name)

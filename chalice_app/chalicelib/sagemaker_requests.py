@@ -293,6 +293,19 @@ def _algorithm_specification(config: PipelineConfig) -> dict:
             "MetricDefinitions": [dict(m) for m in METRIC_DEFINITIONS]}
 
 
+def _training_definition(config: PipelineConfig, dataset: str, channels, output_name: str) -> dict:
+    """The fields a tuning job's TrainingJobDefinition and a CreateTrainingJob request share."""
+    return {
+        "AlgorithmSpecification": _algorithm_specification(config),
+        "RoleArn": config.role_arn,
+        "InputDataConfig": input_channels(config, dataset, channels),
+        "OutputDataConfig": {"S3OutputPath": job_output_path(config, output_name)},
+        "ResourceConfig": _resource_config(config),
+        "StoppingCondition": _stopping_condition(config),
+        "EnableManagedSpotTraining": config.training_resources.use_spot,
+    }
+
+
 def _resource_config(config: PipelineConfig) -> dict:
     resources = config.training_resources
     return {"InstanceType": resources.instance_type, "InstanceCount": resources.instance_count,
@@ -342,16 +355,8 @@ def create_hyper_parameter_tuning_job(config: PipelineConfig, dataset: str, mark
     })
     if tuning.random_seed is not None:
         job_config["RandomSeed"] = tuning.random_seed
-    definition = {
-        "StaticHyperParameters": encode_hyperparameters(static),
-        "AlgorithmSpecification": _algorithm_specification(config),
-        "RoleArn": config.role_arn,
-        "InputDataConfig": input_channels(config, dataset, channels),
-        "OutputDataConfig": {"S3OutputPath": job_output_path(config, name)},
-        "ResourceConfig": _resource_config(config),
-        "StoppingCondition": _stopping_condition(config),
-        "EnableManagedSpotTraining": config.training_resources.use_spot,
-    }
+    definition = {"StaticHyperParameters": encode_hyperparameters(static),
+                  **_training_definition(config, dataset, channels, name)}
     return {
         "HyperParameterTuningJobName": name,
         "HyperParameterTuningJobConfig": job_config,
@@ -403,13 +408,7 @@ def create_training_job(config: PipelineConfig, dataset: str, marker: str, sourc
     request = {
         "TrainingJobName": name,
         "HyperParameters": encode_hyperparameters(hyperparameters),
-        "AlgorithmSpecification": _algorithm_specification(config),
-        "RoleArn": config.role_arn,
-        "InputDataConfig": input_channels(config, dataset, channels),
-        "OutputDataConfig": {"S3OutputPath": job_output_path(config, name)},
-        "ResourceConfig": _resource_config(config),
-        "StoppingCondition": _stopping_condition(config),
-        "EnableManagedSpotTraining": config.training_resources.use_spot,
+        **_training_definition(config, dataset, channels, name),
         "CheckpointConfig": {"S3Uri": checkpoint_uri(config, name), "LocalPath": CHECKPOINT_LOCAL_PATH},
         "Tags": resource_tags("training", "dataset", dataset, marker),
     }
