@@ -225,14 +225,19 @@ def epoch_generator(seed: int, epoch: int, stream: int = 0) -> torch.Generator:
     return torch.Generator().manual_seed((seed * 100_003 + epoch) * 2 + stream)
 
 
+def drops_last_batch(num_samples: int, batch_size: int) -> bool:
+    """A last training batch of one sample breaks BatchNorm in train mode: drop it. Both the image
+    loader and the cached-feature batches follow this rule, so they see the same batches."""
+    return num_samples > 1 and num_samples % batch_size == 1
+
+
 def make_loader(dataset: Dataset, batch_size: int, num_workers: int, *, shuffle_seed=None,
                 epoch: int = 0, pin_memory: bool = False, timeout: float = 0) -> DataLoader:
     """A DataLoader; with ``shuffle_seed`` its order (and worker seeds) depend only on seed and epoch."""
     shuffle = shuffle_seed is not None
     # The loader draws its workers' base seed from its own generator: keep that off the order's stream.
     sampler = RandomSampler(dataset, generator=epoch_generator(shuffle_seed, epoch)) if shuffle else None
-    # A last training batch of one image breaks BatchNorm in train mode: drop it.
-    drop_last = shuffle and len(dataset) % batch_size == 1 and len(dataset) > 1
+    drop_last = shuffle and drops_last_batch(len(dataset), batch_size)
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
                       collate_fn=collate_skipping_bad, pin_memory=pin_memory, drop_last=drop_last,
                       generator=epoch_generator(shuffle_seed, epoch, stream=1) if shuffle else None,

@@ -257,8 +257,8 @@ def iterate_loader(loader, phase: str, recorder: StepRecorder, skipped: list):
 
 def feature_batches(features, targets, batch_size, generator):
     order = torch.randperm(len(targets), generator=generator)
-    if len(order) % batch_size == 1 and len(order) > 1:
-        order = order[:-1]  # same rule as the image loader: no batch of one
+    if data_lib.drops_last_batch(len(order), batch_size):
+        order = order[:-1]
     for start in range(0, len(order), batch_size):
         idx = order[start:start + batch_size]
         yield features[idx], targets[idx], 0.0
