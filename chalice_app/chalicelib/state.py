@@ -109,6 +109,7 @@ class Run:
     gate: Optional[dict] = None
     layout_problems: List[str] = field(default_factory=list)
     counts: Dict[str, Dict[str, int]] = field(default_factory=dict)
+    source_uri: Optional[str] = None     # the training code package every job of this run uses
 
 
 @dataclass
@@ -149,7 +150,8 @@ class PipelineState:
     version: int = STATE_VERSION
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
+        # Keys keep their insertion order (runs and batches oldest first), so "the last batch" survives a reload.
+        return json.dumps(asdict(self), separators=(",", ":"))
 
     @classmethod
     def from_json(cls, text: str) -> "PipelineState":
@@ -201,8 +203,11 @@ def _settle(current: Optional[str], new: str) -> Tuple[str, bool]:
 
 # --- transitions --------------------------------------------------------------------------------
 
-def on_dataset_published(state: PipelineState, event: DatasetPublished, layout: LayoutReport) -> Result:
-    """A ``_READY`` marker: start tuning when the layout is good, record the problems when not."""
+def on_dataset_published(state: PipelineState, event: DatasetPublished, layout: LayoutReport,
+                         source_uri: Optional[str] = None) -> Result:
+    """A ``_READY`` marker: start tuning when the layout is good, record the problems when not.
+    ``source_uri`` (the training code package) is kept on the run, so its final training job runs
+    the same code as its trials even if a newer package is uploaded in between."""
     if _seen(state, event.identity):
         return state, []
     new = copy.deepcopy(state)
@@ -213,7 +218,7 @@ def on_dataset_published(state: PipelineState, event: DatasetPublished, layout: 
     run = Run(dataset=event.name, marker=names.normalise_marker(event.marker),
               tuning_job=names.tuning_job_name(event.name, event.marker),
               training_job=names.training_job_name(event.name, event.marker),
-              counts=copy.deepcopy(layout.counts))
+              counts=copy.deepcopy(layout.counts), source_uri=source_uri)
     new.runs[key] = run
     if not layout.ok:
         run.tuning_status = INVALID
@@ -310,6 +315,7 @@ def on_batch_requested(state: PipelineState, event: BatchRequested, batches_pref
     if existing is not None and existing.marker == marker:
         return new, []
     output_key = batch_output_key(event.batch_id, batches_prefix)
+    new.batches.pop(event.batch_id, None)     # a re-run moves to the end: the last batch is the latest
     if new.deployed is None:
         new.batches[event.batch_id] = Batch(event.batch_id, marker, None, NO_MODEL, output_key,
                                             "no model is deployed yet: publish a dataset first")

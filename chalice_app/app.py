@@ -1,0 +1,194 @@
+"""The control plane on Lambda: thin Chalice routes and event handlers over ``chalicelib.control``.
+
+Events (EventBridge, at least once, in any order):
+
+- ``on_bucket_event``: S3 "Object Created" for keys ending in ``/_READY`` only (the rule filters, so
+  thousands of image uploads never invoke the function): a published dataset or a batch.
+- ``on_sagemaker_event``: tuning, training, transform and endpoint state changes.
+
+Routes (Contract 4), all behind IAM authorisation (SigV4-signed requests): ``POST /predict``,
+``GET /status``, ``POST /batch``, ``GET /batch/{batch_id}``. Errors are JSON ``{"Code", "Message"}``.
+
+Logging, metrics and tracing are Powertools', registered as middleware. Only boto3 (in the Lambda
+runtime), aws-lambda-powertools and the standard library are imported: a test checks it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from typing import Optional
+
+from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools.logging import correlation_paths
+from aws_lambda_powertools.metrics import MetricUnit, single_metric
+from chalice import Chalice, ConvertToMiddleware, IAMAuthorizer, Response
+
+from chalicelib.config import ConfigError, PipelineConfig
+from chalicelib.control import ControlPlane
+from chalicelib.events import SAGEMAKER_DETAIL_TYPES, EventError
+from chalicelib.predict import ApiError, IMAGE_TYPES, SUPPORTED_TYPES
+
+SERVICE = "dogbreeds"
+NAMESPACE = "DogBreeds"
+MAX_BATCH_REQUEST_BYTES = 4096
+
+app = Chalice(app_name=SERVICE, configure_logs=False)   # Powertools' logger owns the log format
+for media_type in IMAGE_TYPES:
+    if media_type not in app.api.binary_types:
+        app.api.binary_types.append(media_type)       # API Gateway passes these bodies through as bytes
+
+# Invocations that only route events publish no metric; Powertools would warn on each of them.
+warnings.filterwarnings("ignore", message="No application metrics to publish")
+logger = Logger(service=SERVICE)
+metrics = Metrics(namespace=NAMESPACE, service=SERVICE)
+tracer = Tracer(service=SERVICE)
+AUTHORIZER = IAMAuthorizer()
+
+app.register_middleware(ConvertToMiddleware(
+    logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_REST)), "http")
+app.register_middleware(ConvertToMiddleware(
+    logger.inject_lambda_context(correlation_id_path=correlation_paths.EVENT_BRIDGE)), "cloudwatch")
+app.register_middleware(ConvertToMiddleware(tracer.capture_lambda_handler), "all")
+app.register_middleware(ConvertToMiddleware(metrics.log_metrics), "all")
+
+# EventBridge patterns. S3 sends "Object Created" to EventBridge once the bucket's EventBridge
+# notifications are on (deploy/README: `aws s3api put-bucket-notification-configuration`).
+S3_READY_PATTERN = {
+    "source": ["aws.s3"],
+    "detail-type": ["Object Created"],
+    "detail": {"object": {"key": [{"suffix": "/_READY"}]}},
+}
+SAGEMAKER_PATTERN = {"source": ["aws.sagemaker"], "detail-type": sorted(SAGEMAKER_DETAIL_TYPES)}
+
+_plane: Optional[ControlPlane] = None
+
+
+def use_control_plane(plane: Optional[ControlPlane]) -> None:
+    """Serve with ``plane`` (the tests' and the local runtime's clients); None: build it from the
+    environment on next use."""
+    global _plane
+    _plane = plane
+
+
+def _count(name: str, value: float, dimensions: dict) -> None:
+    if not dimensions:
+        metrics.add_metric(name=name, unit=MetricUnit.Count, value=value)
+        return
+    with single_metric(name=name, unit=MetricUnit.Count, value=value, namespace=NAMESPACE) as metric:
+        metric.add_dimension(name="service", value=SERVICE)
+        for key, dimension in dimensions.items():
+            metric.add_dimension(name=key, value=str(dimension))
+
+
+def control_plane() -> ControlPlane:
+    """The control plane of this Lambda container, configured from ``DOGBREEDS_*`` (built once)."""
+    global _plane
+    if _plane is None:
+        import boto3
+        from botocore.config import Config
+        config = PipelineConfig.from_env(os.environ)
+        session = boto3.session.Session(region_name=config.region)
+        runtime = session.client("sagemaker-runtime", config=Config(read_timeout=65, retries={"max_attempts": 2}))
+        _plane = ControlPlane(config, session.client("s3"), session.client("sagemaker"), runtime, metric=_count)
+    return _plane
+
+
+# --- routes ---------------------------------------------------------------------------------------
+
+def _json(body, status: int = 200) -> Response:
+    return Response(body=json.dumps(body), status_code=status, headers={"Content-Type": "application/json"})
+
+
+def _refusal(error: ApiError) -> Response:
+    logger.info("request refused", extra={"status": error.status, "code": error.code, "reason": error.message})
+    return _json(error.body(), error.status)
+
+
+def _answer(work) -> Response:
+    """Run ``work(plane)``; ApiError and a missing configuration become JSON errors."""
+    try:
+        plane = control_plane()
+    except ConfigError as exc:
+        logger.error("not configured", extra={"problems": exc.problems})
+        return _json({"Code": "NotConfigured", "Message": f"the control plane is not configured: {exc}"}, 503)
+    try:
+        return _json(*work(plane))
+    except ApiError as error:
+        return _refusal(error)
+
+
+@app.route("/predict", methods=["POST"], content_types=["*/*"], authorizer=AUTHORIZER)
+def predict():
+    """Classify one image (bytes) or a JSON list of base64 images; ``?top_k=N``."""
+    request = app.current_request
+    query = request.query_params or {}
+
+    def work(plane):
+        try:
+            result = plane.predict(request.raw_body, request.headers.get("content-type"), query.get("top_k"))
+        except ApiError as error:
+            _count("PredictionErrors", 1, {"status": error.status})
+            raise
+        _count("Predictions", 1, {})
+        return (result,)
+
+    return _answer(work)
+
+
+@app.route("/status", methods=["GET"], authorizer=AUTHORIZER)
+def status():
+    """The current dataset's run (tuning, training, gate), the deployed model, the endpoint, the last batch."""
+    return _answer(lambda plane: (plane.status(),))
+
+
+@app.route("/batch", methods=["POST"], content_types=["application/json"], authorizer=AUTHORIZER)
+def start_batch():
+    """``{"batch_id": "<id>"}``: classify everything under ``batch/<id>/input/``."""
+    raw = app.current_request.raw_body or b""
+
+    def work(plane):
+        if len(raw) > MAX_BATCH_REQUEST_BYTES:
+            raise ApiError(413, "PayloadTooLarge", f"the body is {len(raw)} bytes; a batch request is a small "
+                                                   f"JSON object of at most {MAX_BATCH_REQUEST_BYTES} bytes")
+        try:
+            document = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError):
+            raise ApiError(400, "BadRequest", 'the body must be JSON: {"batch_id": "<id>"}') from None
+        if not isinstance(document, dict) or "batch_id" not in document:
+            raise ApiError(400, "BadRequest", 'the body must be a JSON object with "batch_id"')
+        return plane.request_batch(document["batch_id"]), 202
+
+    return _answer(work)
+
+
+@app.route("/batch/{batch_id}", methods=["GET"], authorizer=AUTHORIZER)
+def batch_status(batch_id):
+    return _answer(lambda plane: (plane.batch_status(batch_id),))
+
+
+# --- events ---------------------------------------------------------------------------------------
+
+def _handle(raw_event) -> dict:
+    """Handle one event. A malformed one is logged and dropped (a retry cannot fix it); AWS errors
+    propagate, so Lambda redelivers the event (handling is idempotent)."""
+    try:
+        performed = control_plane().handle_event(raw_event)
+    except EventError as exc:
+        logger.error("malformed event dropped", extra={"reason": str(exc)})
+        _count("MalformedEvents", 1, {})
+        return {"handled": False, "error": str(exc)}
+    actions = [type(action).__name__ for action in performed]
+    logger.info("event handled", extra={"actions": actions})
+    return {"handled": True, "actions": actions}
+
+
+@app.on_cw_event(S3_READY_PATTERN, name="on_bucket_event")
+def on_bucket_event(event):
+    return _handle(event.to_dict())
+
+
+@app.on_cw_event(SAGEMAKER_PATTERN, name="on_sagemaker_event")
+def on_sagemaker_event(event):
+    return _handle(event.to_dict())

@@ -1,0 +1,384 @@
+"""The control plane's side effects: read the state, apply an event's transition, call AWS, save.
+
+``ControlPlane`` is given boto3-shaped clients (``s3``, ``sagemaker``, ``sagemaker-runtime``), so the
+same code drives AWS from Lambda and the embedded local runtime's stand-ins on one machine. The
+decisions themselves are the pure functions of ``state``, ``pipeline`` and ``sagemaker_requests``.
+
+Delivery is at least once and unordered, so handling an event is:
+
+1. load ``pipeline/state.json`` and its ETag;
+2. if the event was seen, stop; else fetch what its transition needs (the dataset listing, the best
+   trial's hyperparameters, the final metrics) and compute ``(new_state, actions)``;
+3. perform the actions; every one is idempotent (deterministic names: ``ResourceInUse`` and
+   "already exists" count as done);
+4. save the state only if it is unchanged since step 1 (S3 conditional write); on a conflict start
+   again from step 1: the event is then either seen (the other writer handled it) or handled again,
+   harmlessly.
+
+Actions come before the save, so a crash in between means the event's redelivery redoes them.
+
+Standard library and boto3 only: this module runs on Lambda.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import re
+import time
+from typing import Callable, Dict, List, Optional, Tuple
+
+from . import names, predict, sagemaker_requests as requests
+from .config import PipelineConfig
+from .events import BatchRequested, DatasetPublished, EventError, Ignored, JobStateChanged, parse_event
+from .pipeline import check_dataset_layout, final_metrics, image_key_for_output, predictions_csv
+from .state import (Deploy, PipelineState, Record, StartTraining, StartTransform, StartTuning, WritePredictions,
+                    on_batch_requested, on_dataset_published, on_endpoint_changed, on_training_changed,
+                    on_transform_changed, on_tuning_changed)
+
+log = logging.getLogger("dogbreeds.control")
+
+STATE_FILE = "state.json"
+SOURCE_POINTER = "current.json"       # under the code prefix: {"uri": "s3://.../sourcedir-<digest>.tar.gz", ...}
+SAVE_ATTEMPTS = 5
+BATCH_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+SERVING_STATUSES = ("InService", "Updating", "SystemUpdating")   # an updating endpoint still serves its old model
+RERUNNABLE_BATCH = ("Failed", "Stopped", "NoModel")
+
+
+class StateConflict(Exception):
+    """Another writer saved the state between our read and our write."""
+
+
+def error_code(exc: Exception) -> str:
+    """The AWS error code of a botocore ClientError (or a stand-in with the same ``response``)."""
+    response = getattr(exc, "response", None)
+    if isinstance(response, dict):
+        return str(response.get("Error", {}).get("Code", ""))
+    return ""
+
+
+def error_message(exc: Exception) -> str:
+    response = getattr(exc, "response", None)
+    if isinstance(response, dict):
+        return str(response.get("Error", {}).get("Message", "")) or str(exc)
+    return str(exc)
+
+
+def already_done(exc: Exception) -> bool:
+    """A create that failed because its deterministic name exists: the earlier delivery did it."""
+    code, message = error_code(exc), error_message(exc).lower()
+    return code == "ResourceInUse" or (code == "ValidationException" and "already exist" in message)
+
+
+def _not_found(exc: Exception) -> bool:
+    code, message = error_code(exc), error_message(exc).lower()
+    return code in ("NoSuchKey", "404", "ResourceNotFound") or (
+        code == "ValidationException" and ("could not find" in message or "not found" in message))
+
+
+class StateStore:
+    """``PipelineState`` as one JSON object in the bucket, written only over the version it was read as."""
+
+    def __init__(self, s3, bucket: str, key: str):
+        self.s3, self.bucket, self.key = s3, bucket, key
+
+    def load(self) -> Tuple[PipelineState, Optional[str]]:
+        try:
+            response = self.s3.get_object(Bucket=self.bucket, Key=self.key)
+        except Exception as exc:
+            if _not_found(exc):
+                return PipelineState(), None
+            raise
+        return PipelineState.from_json(response["Body"].read().decode("utf-8")), response["ETag"]
+
+    def save(self, state: PipelineState, etag: Optional[str]) -> None:
+        condition = {"IfMatch": etag} if etag else {"IfNoneMatch": "*"}
+        try:
+            self.s3.put_object(Bucket=self.bucket, Key=self.key, Body=state.to_json().encode("utf-8"),
+                               ContentType="application/json", **condition)
+        except Exception as exc:
+            if error_code(exc) in ("PreconditionFailed", "ConditionalRequestConflict", "412", "409"):
+                raise StateConflict(str(exc)) from exc
+            raise
+
+
+MetricSink = Callable[[str, float, Dict[str, str]], None]   # (name, value, dimensions)
+
+
+class ControlPlane:
+    def __init__(self, config: PipelineConfig, s3, sagemaker, runtime, metric: Optional[MetricSink] = None):
+        self.config = config
+        self.s3, self.sagemaker, self.runtime = s3, sagemaker, runtime
+        self.metric = metric or (lambda name, value, dimensions: None)
+        self.store = StateStore(s3, config.bucket, config.layout.state + STATE_FILE)
+
+    # --- events ---------------------------------------------------------------------------------
+
+    def handle_event(self, raw_event) -> List[object]:
+        """Handle an S3 or SageMaker event (any shape ``events.parse_event`` reads); return the
+        actions performed. Raises EventError for a malformed event (retrying it cannot help) and
+        lets AWS errors through (the delivery is retried; handling is idempotent)."""
+        performed: List[object] = []
+        for event in parse_event(raw_event):
+            if isinstance(event, Ignored):
+                log.debug("ignored: %s", event.reason)
+                continue
+            if isinstance(event, (DatasetPublished, BatchRequested)) and event.bucket != self.config.bucket:
+                log.info("ignored: an object in bucket %s, not %s", event.bucket, self.config.bucket)
+                continue
+            performed.extend(self.handle(event))
+        return performed
+
+    def handle(self, event) -> List[object]:
+        for _ in range(SAVE_ATTEMPTS):
+            state, etag = self.store.load()
+            if event.identity in state.events_seen:
+                log.info("already handled: %s", event.identity)
+                return []
+            new, actions = self._transition(state, event)
+            if new is state:
+                return []
+            for action in actions:
+                self._perform(action, new)
+            try:
+                self.store.save(new, etag)
+            except StateConflict:
+                log.info("state changed while handling %s: handling it again", event.identity)
+                continue
+            self._count_gate_decision(state, new, event)
+            return actions
+        raise RuntimeError(f"the pipeline state kept changing while handling {event.identity}; "
+                           f"the event will be redelivered")
+
+    def _count_gate_decision(self, old: PipelineState, new: PipelineState, event) -> None:
+        if isinstance(event, JobStateChanged) and event.kind == "training":
+            before, after = old.run_for("training", event.name), new.run_for("training", event.name)
+            if after is not None and after.gate and not (before is not None and before.gate):
+                decision = "deploy" if after.gate.get("deploy") else "refuse"
+                log.info("quality gate for %s: %s (%s)", event.name, decision, after.gate.get("reason"))
+                self.metric("GateDecisions", 1, {"decision": decision})
+
+    def _transition(self, state: PipelineState, event):
+        if isinstance(event, DatasetPublished):
+            return on_dataset_published(state, event, *self._dataset_facts(event.name))
+        if isinstance(event, BatchRequested):
+            return on_batch_requested(state, event, self.config.layout.batches)
+        if event.kind == "tuning":
+            best = None
+            run = state.run_for("tuning", event.name)
+            if run is not None and event.status == "Completed" and not run.best_hyperparameters:
+                best = self._best_hyperparameters(event.name)
+            return on_tuning_changed(state, event, best)
+        if event.kind == "training":
+            metrics = None
+            if event.status == "Completed" and not event.launched_by_tuning_job \
+                    and state.run_for("training", event.name) is not None:
+                description = self.sagemaker.describe_training_job(TrainingJobName=event.name)
+                metrics = final_metrics(description.get("FinalMetricDataList"))
+            return on_training_changed(state, event, metrics, self.config.gate.accuracy_floor)
+        if event.kind == "endpoint":
+            if event.name != names.endpoint_name(self.config.hosting.endpoint_name):
+                return state, []
+            return on_endpoint_changed(state, event)
+        if event.kind == "transform":
+            return on_transform_changed(state, event)
+        raise EventError(f"no handler for a {event.kind} state change")
+
+    def _dataset_facts(self, name: str):
+        """(layout report, source package URI) for a published dataset. A missing code package is a
+        problem of the run: nothing could be started."""
+        prefix = f"{self.config.layout.datasets}{name}/"
+        layout = check_dataset_layout(self._list(prefix), name, self.config.layout.datasets)
+        source_uri = self.source_uri()
+        if source_uri is None:
+            key = self.config.layout.code + SOURCE_POINTER
+            layout = dataclasses.replace(layout, ok=False, problems=layout.problems + [
+                f"no training code package: s3://{self.config.bucket}/{key} is missing; upload one with "
+                f"`python -m deploy.package_source --bucket {self.config.bucket}` and publish again"])
+        return layout, source_uri
+
+    def _list(self, prefix: str) -> List[Tuple[str, int]]:
+        objects = []
+        paginator = self.s3.get_paginator("list_objects_v2")
+        for page in paginator.paginate(Bucket=self.config.bucket, Prefix=prefix):
+            objects.extend((o["Key"], o["Size"]) for o in page.get("Contents", []))
+        return objects
+
+    def source_uri(self) -> Optional[str]:
+        """The current training code package, from ``code/current.json``; None when not uploaded."""
+        try:
+            response = self.s3.get_object(Bucket=self.config.bucket,
+                                          Key=self.config.layout.code + SOURCE_POINTER)
+        except Exception as exc:
+            if _not_found(exc):
+                return None
+            raise
+        uri = json.loads(response["Body"].read().decode("utf-8")).get("uri")
+        return uri if isinstance(uri, str) and uri.startswith("s3://") else None
+
+    def _best_hyperparameters(self, tuning_job: str) -> Dict[str, str]:
+        description = self.sagemaker.describe_hyper_parameter_tuning_job(HyperParameterTuningJobName=tuning_job)
+        best = description.get("BestTrainingJob") or {}
+        return dict(best.get("TunedHyperParameters") or {})
+
+    # --- actions --------------------------------------------------------------------------------
+
+    def _create(self, operation: str, request: dict, kind: str) -> None:
+        try:
+            getattr(self.sagemaker, operation)(**request)
+        except Exception as exc:
+            if not already_done(exc):
+                raise
+            log.info("%s: already exists (an earlier delivery created it)", operation)
+            return
+        self.metric("JobsStarted", 1, {"kind": kind})
+
+    def _perform(self, action, state: PipelineState) -> None:
+        config = self.config
+        if isinstance(action, (StartTuning, StartTraining)):
+            run = next(r for r in state.runs.values() if r.dataset == action.dataset and r.marker == action.marker)
+            channels = [split for split in requests.CHANNELS if split in run.counts]
+            if isinstance(action, StartTuning):
+                request = requests.create_hyper_parameter_tuning_job(config, run.dataset, run.marker,
+                                                                     run.source_uri, channels)
+                self._create("create_hyper_parameter_tuning_job", request, "tuning")
+            else:
+                best = run.best_hyperparameters or self._best_hyperparameters(run.tuning_job)
+                request = requests.create_training_job(config, run.dataset, run.marker, run.source_uri,
+                                                       best, channels)
+                self._create("create_training_job", request, "training")
+        elif isinstance(action, Deploy):
+            self._deploy(action)
+        elif isinstance(action, StartTransform):
+            request = requests.create_transform_job(config, action.batch_id, action.marker, action.model_name)
+            self._create("create_transform_job", request, "transform")
+        elif isinstance(action, WritePredictions):
+            self._write_predictions(action)
+        elif isinstance(action, Record):
+            log.warning(action.message)
+
+    def _deploy(self, action: Deploy) -> None:
+        config = self.config
+        job = self.sagemaker.describe_training_job(TrainingJobName=action.training_job)
+        artifact = job["ModelArtifacts"]["S3ModelArtifacts"]
+        self._create("create_model", requests.create_model(config, action.dataset, action.marker, artifact), "model")
+        self._create("create_endpoint_config",
+                     requests.create_endpoint_config(config, action.dataset, action.marker), "endpoint-config")
+        endpoint = names.endpoint_name(config.hosting.endpoint_name)
+        wanted = names.endpoint_config_name(action.dataset, action.marker)
+        try:
+            current = self.sagemaker.describe_endpoint(EndpointName=endpoint)
+        except Exception as exc:
+            if not _not_found(exc):
+                raise
+            self._create("create_endpoint", requests.create_endpoint(config, action.dataset, action.marker),
+                         "endpoint")
+            return
+        if current.get("EndpointConfigName") != wanted:
+            self.sagemaker.update_endpoint(**requests.update_endpoint(config, action.dataset, action.marker))
+            self.metric("JobsStarted", 1, {"kind": "endpoint-update"})
+
+    def _write_predictions(self, action: WritePredictions) -> None:
+        prefix = f"{self.config.layout.batches}{action.batch_id}/output/"
+        rows = []
+        for key, _ in self._list(prefix):
+            if key.endswith(".out"):
+                body = self.s3.get_object(Bucket=self.config.bucket, Key=key)["Body"].read()
+                rows.append((image_key_for_output(key, action.batch_id, self.config.layout.batches), body))
+        self.s3.put_object(Bucket=self.config.bucket, Key=action.output_key,
+                           Body=predictions_csv(rows).encode("utf-8"), ContentType="text/csv")
+        log.info("batch %s: %d predictions written to %s", action.batch_id, len(rows), action.output_key)
+
+    # --- routes ---------------------------------------------------------------------------------
+
+    def predict(self, body: Optional[bytes], content_type: Optional[str], top_k: Optional[str]) -> dict:
+        """``POST /predict``: the endpoint's JSON, or ApiError (400/413/415/502/503/504)."""
+        limit = predict.payload_limit(self.config.hosting.serverless)
+        request = predict.endpoint_request(body, content_type, top_k, limit)
+        state, _ = self.store.load()
+        endpoint = names.endpoint_name(self.config.hosting.endpoint_name)
+        if state.deployed is None:
+            raise predict.ApiError(503, "NoModel", "no model is deployed yet: publish a dataset (write "
+                                   "datasets/<name>/_READY) and wait for training and the quality gate; "
+                                   "GET /status shows where the pipeline is")
+        if state.endpoint is None or state.endpoint.status not in SERVING_STATUSES:
+            status = state.endpoint.status if state.endpoint else "Creating"
+            raise predict.ApiError(503, "EndpointNotInService", f"endpoint {endpoint} is {status}, not InService: "
+                                   f"try again in a few minutes; GET /status shows its state")
+        try:
+            response = self.runtime.invoke_endpoint(EndpointName=endpoint, Body=request.body,
+                                                    ContentType=request.content_type, Accept=request.accept)
+        except Exception as exc:
+            code = error_code(exc)
+            if not code:
+                if "timeout" in type(exc).__name__.lower():
+                    raise predict.ApiError(504, "EndpointTimeout", "the endpoint did not answer in time: "
+                                                                   "retry, or send a smaller image") from exc
+                raise
+            response = getattr(exc, "response", {})
+            raise predict.endpoint_failure(code, error_message(exc), response.get("OriginalStatusCode"),
+                                           response.get("OriginalMessage")) from exc
+        raw = response["Body"].read()
+        try:
+            return json.loads(raw)
+        except ValueError as exc:
+            raise predict.ApiError(502, "EndpointError", f"the endpoint answered something that is not JSON "
+                                                         f"({len(raw)} bytes)") from exc
+
+    def status(self) -> dict:
+        """``GET /status``: the current dataset's run, the deployed model, the endpoint, the last batch."""
+        state, _ = self.store.load()
+        current = None
+        if state.current_dataset:
+            key = f"{state.current_dataset['name']}/{state.current_dataset['marker']}"
+            current = state.runs.get(key)
+        last_batch = next(reversed(state.batches.values()), None) if state.batches else None
+        runs = list(state.runs.values())
+        return {
+            "dataset": state.current_dataset,
+            "run": dataclasses.asdict(current) if current else None,
+            "latest_run": dataclasses.asdict(runs[-1]) if runs else None,
+            "deployed": dataclasses.asdict(state.deployed) if state.deployed else None,
+            "endpoint": dataclasses.asdict(state.endpoint) if state.endpoint else None,
+            "last_batch": self._batch_view(last_batch) if last_batch else None,
+            "runs": len(runs),
+            "batches": len(state.batches),
+        }
+
+    def _batch_view(self, batch) -> dict:
+        view = dataclasses.asdict(batch)
+        view["predictions_uri"] = (f"s3://{self.config.bucket}/{batch.output_key}"
+                                   if batch.status == "Completed" else None)
+        return view
+
+    def batch_status(self, batch_id: str) -> dict:
+        state, _ = self.store.load()
+        batch = state.batches.get(batch_id)
+        if batch is None:
+            raise predict.ApiError(404, "NotFound", f"no batch {batch_id!r}: start one with POST /batch "
+                                                    f'{{"batch_id": "{batch_id}"}}')
+        return self._batch_view(batch)
+
+    def request_batch(self, batch_id) -> dict:
+        """``POST /batch``: write ``batch/<id>/_READY`` and handle it at once (its S3 event, when it
+        arrives, is then a duplicate). Refuses an unknown input folder and a batch already running."""
+        if not isinstance(batch_id, str) or not BATCH_ID.fullmatch(batch_id):
+            raise predict.ApiError(400, "BadRequest", f"batch_id must be 1-100 letters, digits, '.', '_' or '-' "
+                                                      f"starting with a letter or digit, got {batch_id!r}")
+        input_prefix = f"{self.config.layout.batches}{batch_id}/input/"
+        listing = self.s3.list_objects_v2(Bucket=self.config.bucket, Prefix=input_prefix, MaxKeys=1)
+        if not listing.get("Contents"):
+            raise predict.ApiError(400, "BadRequest", f"s3://{self.config.bucket}/{input_prefix} has no objects: "
+                                                      f"upload the images to classify there first")
+        state, _ = self.store.load()
+        existing = state.batches.get(batch_id)
+        if existing is not None and existing.status not in RERUNNABLE_BATCH:
+            raise predict.ApiError(409, "Conflict", f"batch {batch_id!r} already exists ({existing.status}); "
+                                                    f"GET /batch/{batch_id} shows it, or use a new batch_id")
+        marker_key = f"{self.config.layout.batches}{batch_id}/_READY"
+        written = self.s3.put_object(Bucket=self.config.bucket, Key=marker_key, ContentType="application/json",
+                                     Body=json.dumps({"requested_at": time.time(), "by": "POST /batch"}).encode())
+        self.handle(BatchRequested(self.config.bucket, batch_id, names.normalise_marker(written["ETag"])))
+        return self.batch_status(batch_id)

@@ -1,0 +1,231 @@
+"""moto-backed AWS for the control-plane tests: a bucket, recorded requests, and the moto patches
+DESIGN.md lists (canned tuning/training results, UpdateEndpoint, binary invoke_endpoint bodies).
+
+``FakeAws`` starts ``moto.mock_aws``, creates the bucket, wires a ``ControlPlane`` into the Chalice
+app and records every SageMaker and SageMaker Runtime request exactly as the control plane sent it
+(botocore's ``provide-client-params`` hook, before serialisation).
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+import io
+import itertools
+import json
+import os
+from typing import Dict, List, Optional, Tuple
+
+os.environ.setdefault("POWERTOOLS_TRACE_DISABLED", "1")      # no X-Ray daemon here
+os.environ.setdefault("POWERTOOLS_METRICS_NAMESPACE", "DogBreeds")
+os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+
+import boto3  # noqa: E402
+from moto import mock_aws  # noqa: E402
+from moto.core import DEFAULT_ACCOUNT_ID  # noqa: E402
+from moto.sagemaker.models import sagemaker_backends  # noqa: E402
+from moto.sagemaker.responses import SageMakerResponse  # noqa: E402
+from moto.sagemakerruntime.responses import SageMakerRuntimeResponse  # noqa: E402
+
+import app as chalice_app  # noqa: E402
+from chalicelib.config import PipelineConfig  # noqa: E402
+from chalicelib.control import ControlPlane  # noqa: E402
+
+REGION = "us-east-1"
+BUCKET = "dogbreeds-test-bucket"
+ROLE_ARN = f"arn:aws:iam::{DEFAULT_ACCOUNT_ID}:role/dogbreeds-sagemaker"
+SOURCE_URI = f"s3://{BUCKET}/code/sourcedir-0123456789abcdef.tar.gz"
+_sequence = itertools.count(1)
+
+
+def jpeg_bytes(size=(32, 24), color=(200, 40, 40)) -> bytes:
+    from PIL import Image
+    out = io.BytesIO()
+    Image.new("RGB", size, color).save(out, format="JPEG")
+    return out.getvalue()
+
+
+def png_bytes(size=(16, 16)) -> bytes:
+    from PIL import Image
+    out = io.BytesIO()
+    Image.new("RGB", size, (0, 90, 200)).save(out, format="PNG")
+    return out.getvalue()
+
+
+def endpoint_reply(labels=("Akita", "Affenpinscher"), probabilities=(0.9, 0.1)) -> dict:
+    return {"predictions": [{"label": label, "class": f"{i + 1:03d}.{label}", "index": i, "probability": p}
+                            for i, (label, p) in enumerate(zip(labels, probabilities))]}
+
+
+# --- events, shaped as EventBridge delivers them ---------------------------------------------------
+
+def object_created(bucket: str, key: str, etag: str, size: int = 10) -> dict:
+    n = next(_sequence)
+    return {"version": "0", "id": f"s3-{n}", "detail-type": "Object Created", "source": "aws.s3",
+            "account": DEFAULT_ACCOUNT_ID, "time": "2026-11-22T10:00:00Z", "region": REGION,
+            "resources": [f"arn:aws:s3:::{bucket}"],
+            "detail": {"version": "0", "bucket": {"name": bucket},
+                       "object": {"key": key, "size": size, "etag": etag.strip('"'), "sequencer": f"{n:016X}"},
+                       "request-id": f"req-{n}", "requester": DEFAULT_ACCOUNT_ID, "reason": "PutObject"}}
+
+
+_DETAIL = {
+    "tuning": ("SageMaker HyperParameter Tuning Job State Change", "HyperParameterTuningJobName",
+               "HyperParameterTuningJobStatus"),
+    "training": ("SageMaker Training Job State Change", "TrainingJobName", "TrainingJobStatus"),
+    "transform": ("SageMaker Transform Job State Change", "TransformJobName", "TransformJobStatus"),
+    "endpoint": ("SageMaker Endpoint State Change", "EndpointName", "EndpointStatus"),
+}
+
+
+def state_change(kind: str, name: str, status: str, **detail) -> dict:
+    detail_type, name_field, status_field = _DETAIL[kind]
+    n = next(_sequence)
+    return {"version": "0", "id": f"sm-{n}", "detail-type": detail_type, "source": "aws.sagemaker",
+            "account": DEFAULT_ACCOUNT_ID, "time": "2026-11-22T10:00:00Z", "region": REGION, "resources": [],
+            "detail": {name_field: name, status_field: status, **detail}}
+
+
+# --- moto patches ------------------------------------------------------------------------------------
+
+class _Patches:
+    """Patches moto's response classes for the duration of the fake (undone by ``stop``)."""
+
+    def __init__(self, invocations: List[dict], replies: List[Tuple[int, dict]]):
+        self._saved = []
+        self.invocations, self.replies = invocations, replies
+
+        def invoke_endpoint(response_self):
+            # moto JSON-encodes the raw body to key its canned results, which fails on image bytes;
+            # this stands in for the endpoint: it records what arrived and answers the next reply.
+            self.invocations.append({"EndpointName": response_self.path.split("/")[2],
+                                     "Body": response_self.raw_body,
+                                     "ContentType": response_self.headers.get("Content-Type"),
+                                     "Accept": response_self.headers.get("Accept")})
+            status, reply = self.replies.pop(0) if self.replies else (200, endpoint_reply())
+            if status != 200:   # the container refused: SageMaker answers ModelError (424) with its status
+                error = {"__type": "ModelError", "message": "Received client error from primary with message",
+                         "OriginalStatusCode": status, "OriginalMessage": json.dumps(reply)}
+                return 424, {"status": 424, "Content-Type": "application/json",
+                             "x-amzn-ErrorType": "ModelError"}, json.dumps(error)
+            return 200, {"Content-Type": "application/json"}, json.dumps(reply)
+
+        def update_endpoint(response_self):
+            # moto 5.2.5 lacks UpdateEndpoint: switch the endpoint's config, as SageMaker eventually does.
+            params = json.loads(response_self.body)
+            backend = sagemaker_backends[DEFAULT_ACCOUNT_ID][REGION]
+            endpoint = backend.endpoints[params["EndpointName"]]
+            endpoint.endpoint_config_name = params["EndpointConfigName"]
+            return json.dumps({"EndpointArn": endpoint.arn})
+
+        self._patch(SageMakerRuntimeResponse, "use_raw_body", True)   # else moto decodes image bytes as UTF-8
+        self._patch(SageMakerRuntimeResponse, "invoke_endpoint", invoke_endpoint)
+        self._patch(SageMakerResponse, "update_endpoint", update_endpoint)
+
+    def _patch(self, cls, name, function):
+        self._saved.append((cls, name, cls.__dict__.get(name)))
+        setattr(cls, name, function)
+
+    def stop(self):
+        for cls, name, original in reversed(self._saved):
+            if original is None:
+                delattr(cls, name)
+            else:
+                setattr(cls, name, original)
+
+
+class FakeAws:
+    """moto with our bucket and a control plane wired into the Chalice app. Use as a context manager."""
+
+    def __init__(self, **config_overrides):
+        self.config_overrides = config_overrides
+        self.requests: List[Tuple[str, dict]] = []         # (operation, params) to SageMaker, in order
+        self.invocations: List[dict] = []                   # what the "endpoint" received
+        self.endpoint_replies: List[Tuple[int, dict]] = []  # what it answers next (status, JSON)
+        self.metrics: List[Tuple[str, float, Dict[str, str]]] = []
+
+    def __enter__(self) -> "FakeAws":
+        self._mock = mock_aws()
+        self._mock.start()
+        self._patches = _Patches(self.invocations, self.endpoint_replies)
+        session = boto3.session.Session(region_name=REGION)
+        self.s3 = session.client("s3")
+        self.s3.create_bucket(Bucket=BUCKET)
+        sagemaker = session.client("sagemaker")
+        runtime = session.client("sagemaker-runtime")
+        for client in (sagemaker, runtime):
+            client.meta.events.register("provide-client-params.*.*", self._record)
+        self.sagemaker = sagemaker
+        config = PipelineConfig(bucket=BUCKET, role_arn=ROLE_ARN, region=REGION, **self.config_overrides)
+        self.plane = ControlPlane(config, self.s3, sagemaker, runtime,
+                                  metric=lambda name, value, dims: self.metrics.append((name, value, dims)))
+        chalice_app.use_control_plane(self.plane)
+        return self
+
+    def __exit__(self, *exc):
+        chalice_app.use_control_plane(None)
+        self._patches.stop()
+        self._mock.stop()
+
+    def _record(self, params, model, **kwargs):
+        if model.service_model.service_name == "sagemaker" and not model.name.startswith(("Describe", "List")):
+            self.requests.append((model.name, copy.deepcopy(params)))
+
+    def created(self, operation: str) -> List[dict]:
+        return [params for name, params in self.requests if name == operation]
+
+    # --- the bucket ------------------------------------------------------------------------------
+
+    def put(self, key: str, body: bytes = b"x") -> str:
+        """Write an object; return its ETag (quoted, as S3 returns it)."""
+        return self.s3.put_object(Bucket=BUCKET, Key=key, Body=body)["ETag"]
+
+    def get(self, key: str) -> bytes:
+        return self.s3.get_object(Bucket=BUCKET, Key=key)["Body"].read()
+
+    def upload_source_pointer(self, uri: str = SOURCE_URI) -> None:
+        self.put("code/current.json", json.dumps({"uri": uri}).encode())
+
+    def upload_dataset(self, name: str, classes=("001.Affenpinscher", "002.Akita"), per_split=None) -> None:
+        per_split = per_split or {"train": 3, "valid": 1, "test": 1}
+        image = jpeg_bytes()
+        for split, count in per_split.items():
+            for label in classes:
+                for i in range(count):
+                    self.put(f"datasets/{name}/{split}/{label}/{i:03d}.jpg", image)
+
+    def publish(self, name: str, note: bytes = b"published") -> dict:
+        """Write ``datasets/<name>/_READY``; return the EventBridge event S3 would send."""
+        key = f"datasets/{name}/_READY"
+        return object_created(BUCKET, key, self.put(key, note))
+
+    def request_batch_marker(self, batch_id: str, note: bytes = b"go") -> dict:
+        key = f"batch/{batch_id}/_READY"
+        return object_created(BUCKET, key, self.put(key, note))
+
+    # --- moto's canned job results ---------------------------------------------------------------
+
+    @property
+    def backend(self):
+        return sagemaker_backends[DEFAULT_ACCOUNT_ID][REGION]
+
+    def set_best_trial(self, tuning_job: str, hyperparameters: Dict[str, str]) -> None:
+        """moto reports a fake BestTrainingJob; give it the hyperparameters a real one would have."""
+        job = self.backend.hyper_parameter_tuning_jobs[tuning_job]
+        job.best_training_job = dict(job.best_training_job, TunedHyperParameters=dict(hyperparameters),
+                                     TrainingJobName=f"{tuning_job}-003-abcdef12")
+
+    def set_final_metrics(self, training_job: str, metrics: Dict[str, float]) -> None:
+        job = self.backend.training_jobs[training_job]
+        job.final_metric_data_list = [{"MetricName": k, "Value": v, "Timestamp": job.creation_time}
+                                      for k, v in metrics.items()]
+
+    def write_transform_outputs(self, batch_id: str, outputs: Dict[str, Optional[dict]]) -> None:
+        """What a transform job writes: ``batch/<id>/output/<image>.out`` per input image."""
+        for image, reply in outputs.items():
+            body = b"not json" if reply is None else json.dumps(reply).encode()
+            self.put(f"batch/{batch_id}/output/{image}.out", body)
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
