@@ -1,0 +1,22 @@
+"""Deployment tooling for the control plane on AWS (run from the repository root):
+
+- ``python -m deploy.configure``: ``chalice_app/.chalice/config.json`` and the IAM policy files;
+- ``python -m deploy.package_source``: the training ``sourcedir.tar.gz``, uploaded once per content;
+- ``python -m deploy.lambda_package``: builds the Lambda zip and reports its size against Lambda's limits.
+
+``deploy.iam`` holds the least-privilege policy documents. These modules run on a developer's machine,
+never on Lambda; they import the control plane's ``chalicelib`` (configuration, bucket layout, names)
+so that the deployed permissions and packages follow the code that uses them.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+CHALICE_DIR = REPO_ROOT / "chalice_app"
+
+# Chalice imports its library as the top-level package ``chalicelib``; so do we.
+if str(CHALICE_DIR) not in sys.path:
+    sys.path.insert(0, str(CHALICE_DIR))
