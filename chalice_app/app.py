@@ -90,7 +90,10 @@ def control_plane() -> ControlPlane:
         from botocore.config import Config
         config = PipelineConfig.from_env(os.environ)
         session = boto3.session.Session(region_name=config.region)
-        runtime = session.client("sagemaker-runtime", config=Config(read_timeout=65, retries={"max_attempts": 2}))
+        # API Gateway gives up on a request after 29 s: one attempt that ends before that, so a slow
+        # endpoint is our 504 with a message, not the gateway's bare timeout.
+        runtime = session.client("sagemaker-runtime",
+                                 config=Config(read_timeout=25, connect_timeout=3, retries={"max_attempts": 1}))
         _plane = ControlPlane(config, session.client("s3"), session.client("sagemaker"), runtime, metric=_count)
     return _plane
 

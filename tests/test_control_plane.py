@@ -174,3 +174,18 @@ def test_the_whole_chain_from_a_published_dataset_to_batch_predictions(aws, clie
     assert client.http.get("/batch/b1").json_body["transform_job"] == transform_name
     assert [op for op, _ in aws.requests] == ["CreateHyperParameterTuningJob", "CreateTrainingJob", "CreateModel",
                                               "CreateEndpointConfig", "CreateEndpoint", "CreateTransformJob"]
+
+
+@pytest.mark.parametrize("pointer", [None, b"{not json", b'{"uri": "file:///tmp/x.tar.gz"}'])
+def test_a_publish_without_a_usable_code_package_starts_nothing_and_says_how_to_fix_it(client, pointer):
+    with FakeAws() as aws:
+        if pointer is not None:
+            aws.put("code/current.json", pointer)
+        aws.upload_dataset(DATASET)
+        result = deliver(client, aws.publish(DATASET))
+        assert result == {"handled": True, "actions": ["Record"]}
+        assert aws.requests == []
+        run = client.http.get("/status").json_body["latest_run"]
+        assert run["tuning_status"] == "Invalid"
+        assert any("no training code package" in p and "python -m deploy.package_source --bucket "
+                   f"{BUCKET}" in p for p in run["layout_problems"])

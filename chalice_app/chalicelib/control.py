@@ -72,6 +72,18 @@ def already_done(exc: Exception) -> bool:
     return code == "ResourceInUse" or (code == "ValidationException" and "already exist" in message)
 
 
+def _connection_failure(exc: Exception) -> bool:
+    """A network failure on the way to the endpoint, which carries no AWS error code: botocore's
+    connection errors (EndpointConnectionError, ConnectionClosedError...) or the standard library's."""
+    if isinstance(exc, ConnectionError):
+        return True
+    try:
+        from botocore.exceptions import ConnectionError as BotocoreConnectionError, HTTPClientError
+    except ImportError:        # a stand-in client without botocore
+        return False
+    return isinstance(exc, (BotocoreConnectionError, HTTPClientError))
+
+
 def _not_found(exc: Exception) -> bool:
     code, message = error_code(exc), error_message(exc).lower()
     return code in ("NoSuchKey", "404", "ResourceNotFound") or (
@@ -215,7 +227,10 @@ class ControlPlane:
             if _not_found(exc):
                 return None
             raise
-        uri = json.loads(response["Body"].read().decode("utf-8")).get("uri")
+        try:
+            uri = json.loads(response["Body"].read().decode("utf-8")).get("uri")
+        except (ValueError, AttributeError):    # unreadable: the run is refused with the upload advice
+            return None
         return uri if isinstance(uri, str) and uri.startswith("s3://") else None
 
     def _best_hyperparameters(self, tuning_job: str) -> Dict[str, str]:
@@ -316,6 +331,10 @@ class ControlPlane:
                 if "timeout" in type(exc).__name__.lower():
                     raise predict.ApiError(504, "EndpointTimeout", "the endpoint did not answer in time: "
                                                                    "retry, or send a smaller image") from exc
+                if _connection_failure(exc):
+                    raise predict.ApiError(502, "EndpointUnreachable", f"the endpoint could not be reached "
+                                                                       f"({type(exc).__name__}): retry in a few "
+                                                                       f"seconds") from exc
                 raise
             response = getattr(exc, "response", {})
             raise predict.endpoint_failure(code, error_message(exc), response.get("OriginalStatusCode"),
