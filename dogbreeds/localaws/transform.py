@@ -1,0 +1,100 @@
+"""Batch transform on this machine: every object under the input prefix through the model's own
+inference server, one ``<key>.out`` per object, resumable.
+
+As on SageMaker with ``SplitType: None`` and ``BatchStrategy: SingleRecord``, each object is one
+request (``ContentType`` from the job, ``Accept`` from its output config) and its answer is written
+to ``<output prefix>/<key relative to the input prefix>.out``. Objects whose ``.out`` already exists
+are skipped, so a transform interrupted halfway and run again finishes without redoing them.
+Up to ``MaxConcurrentTransforms`` requests are in flight; an object over ``MaxPayloadInMB`` or one
+the handlers refuse is a failure of that object (named in the job's FailureReason), and the rest
+still run.
+"""
+
+from __future__ import annotations
+
+import threading
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+TIMEOUT_SECONDS = 120
+
+
+def _objects(s3, bucket: str, prefix: str):
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        for item in page.get("Contents", []):
+            yield item["Key"], item["Size"]
+
+
+def _exists(s3, bucket: str, key: str) -> bool:
+    try:
+        s3.head_object(Bucket=bucket, Key=key)
+        return True
+    except Exception as exc:
+        if getattr(exc, "response", {}).get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+            return False
+        raise
+
+
+def post(url: str, body: bytes, content_type: str, accept: str, timeout: float = TIMEOUT_SECONDS):
+    """POST to a local inference server: (status, body bytes)."""
+    request = urllib.request.Request(f"{url}/invocations", data=body, method="POST",
+                                     headers={"Content-Type": content_type, "Accept": accept})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read()
+
+
+def run(sagemaker, record: dict, model_dir: Path, stopping: threading.Event):
+    """Run one transform job; returns (objects written, objects skipped as done, failures)."""
+    from .sagemaker import split_s3_uri
+    s3 = sagemaker.s3
+    source = record["TransformInput"]["DataSource"]["S3DataSource"]["S3Uri"]
+    in_bucket, in_prefix = split_s3_uri(source)
+    out_bucket, out_prefix = split_s3_uri(record["TransformOutput"]["S3OutputPath"])
+    if out_prefix and not out_prefix.endswith("/"):
+        out_prefix += "/"
+    content_type = record["TransformInput"].get("ContentType", "application/x-image")
+    accept = record["TransformOutput"].get("Accept", "application/json")
+    limit = int(record.get("MaxPayloadInMB", 6)) * 1024 * 1024
+    todo, skipped = [], 0
+    for key, size in _objects(s3, in_bucket, in_prefix):
+        out_key = out_prefix + key[len(in_prefix):].lstrip("/") + ".out"
+        if _exists(s3, out_bucket, out_key):
+            skipped += 1
+        else:
+            todo.append((key, size, out_key))
+    if not todo:
+        return 0, skipped, []
+    failures, written = [], [0]
+    lock = threading.Lock()
+    server = sagemaker.server_factory(model_dir)
+    server.start()
+    try:
+        def one(item):
+            key, size, out_key = item
+            if stopping.is_set():
+                return
+            if size > limit:
+                problem = f"{key}: {size:,} bytes is over MaxPayloadInMB ({limit // 2**20} MB)"
+            else:
+                body = s3.get_object(Bucket=in_bucket, Key=key)["Body"].read()
+                status, answer = post(server.url, body, content_type, accept)
+                if status == 200:
+                    s3.put_object(Bucket=out_bucket, Key=out_key, Body=answer, ContentType=accept)
+                    with lock:
+                        written[0] += 1
+                    return
+                problem = f"{key}: {status} {answer.decode('utf-8', 'replace')[:200]}"
+            with lock:
+                failures.append(problem)
+
+        workers = max(1, int(record.get("MaxConcurrentTransforms", 1)))
+        with ThreadPoolExecutor(workers, thread_name_prefix="transform") as pool:
+            list(pool.map(one, todo))
+    finally:
+        server.stop()
+    return written[0], skipped, sorted(failures)

@@ -1,0 +1,305 @@
+"""The Docker-free SageMaker: real subprocess jobs under the script-mode contract, Optuna tuning
+(Hyperband stopping a bad trial from its logged metrics), restart recovery, resumable transforms.
+
+The training script here is a small stand-in packed exactly as the real source package is
+(``training/train.py`` inside ``sourcedir.tar.gz``): it prints Contract 1 metric lines whose values
+follow its ``--quality`` hyperparameter, so each test knows which trial is good and which is bad.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tarfile
+import threading
+import time
+from dataclasses import replace
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from chalicelib import sagemaker_requests as requests
+from chalicelib.config import CategoricalRange, PipelineConfig, TuningConfig
+from dogbreeds.localaws.s3 import LocalS3
+from dogbreeds.localaws.sagemaker import LocalSageMaker, MetricParser
+
+BUCKET = "local-test"
+FAKE_TRAIN = r'''
+import argparse, json, os, sys, time
+parser = argparse.ArgumentParser()
+parser.add_argument("--quality", type=float, default=0.5)
+parser.add_argument("--epochs", type=int, default=3)
+parser.add_argument("--sleep", type=float, default=0.05)
+parser.add_argument("--fail", default="no")
+args, unknown = parser.parse_known_args()
+print("argv", json.dumps(sys.argv[1:]), flush=True)
+print("env", json.dumps({k: v for k, v in os.environ.items() if k.startswith(("SM_", "OMP_"))}), flush=True)
+if args.fail == "yes":
+    with open(os.path.join(os.environ["SM_OUTPUT_DIR"], "failure"), "w") as f:
+        f.write("DatasetError: train/ has no images")
+    sys.exit(2)
+for epoch in range(1, args.epochs + 1):
+    acc = args.quality * epoch / args.epochs
+    print(f"epoch={epoch} train_loss={1 - acc:.4f} train_acc={acc:.4f} val_loss={1 - acc:.4f} val_acc={acc:.4f}", flush=True)
+    time.sleep(args.sleep)
+print(f"test_loss={1 - acc:.4f} test_acc={acc:.4f}", flush=True)
+with open(os.path.join(os.environ["SM_MODEL_DIR"], "model.json"), "w") as f:
+    json.dump({"quality": args.quality}, f)
+with open(os.path.join(os.environ["SM_OUTPUT_DATA_DIR"], "report.html"), "w") as f:
+    f.write("<html>report</html>")
+'''
+
+
+def source_package(script: str = FAKE_TRAIN) -> bytes:
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w:gz") as tar:
+        data = script.encode()
+        info = tarfile.TarInfo("training/train.py")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    return out.getvalue()
+
+
+class Local:
+    """A LocalS3 bucket with a dataset and the fake source package, and a LocalSageMaker over it."""
+
+    def __init__(self, root, cores=2, server_factory=None):
+        self.root = root
+        self.s3 = LocalS3(root / "s3")
+        self.s3.create_bucket(Bucket=BUCKET)
+        for split in ("train", "valid"):
+            self.s3.put_object(Bucket=BUCKET, Key=f"datasets/d/{split}/a/1.jpg", Body=b"\xff\xd8\xff")
+        self.s3.put_object(Bucket=BUCKET, Key="code/src.tar.gz", Body=source_package())
+        self.events = []
+        self.sagemaker = LocalSageMaker(self.s3, root / "data", self.events.append, cores=cores,
+                                        server_factory=server_factory)
+        self.config = PipelineConfig(bucket=BUCKET, role_arn="arn:aws:iam::000000000000:role/r", region="us-east-1")
+
+    def training_request(self, name="train-1", **hyperparameters) -> dict:
+        request = requests.create_training_job(self.config, "d", "m1", f"s3://{BUCKET}/code/src.tar.gz",
+                                               {"lr": "0.01", "weight-decay": "0.01", "eps": "1e-08",
+                                                "batch-size": "32", "arch": '"resnet18"'}, ["train", "valid"])
+        request["TrainingJobName"] = name
+        request["CheckpointConfig"]["S3Uri"] = f"s3://{BUCKET}/checkpoints/{name}/"
+        request["OutputDataConfig"]["S3OutputPath"] = f"s3://{BUCKET}/jobs/{name}/"
+        request["HyperParameters"].update(requests.encode_hyperparameters(hyperparameters))
+        return request
+
+    def statuses(self, kind="training"):
+        return [(e["detail"].get("TrainingJobName") or e["detail"].get("HyperParameterTuningJobName")
+                 or e["detail"].get("TransformJobName"), e["detail"].get(f"{'TrainingJob' if kind == 'training' else 'HyperParameterTuningJob'}Status"))
+                for e in self.events if kind in e["detail-type"].lower().replace("hyperparameter ", "")]
+
+
+@pytest.fixture
+def local(tmp_path):
+    fixture = Local(tmp_path)
+    yield fixture
+    fixture.sagemaker.close()
+
+
+def test_a_training_job_runs_the_packaged_script_under_the_script_mode_contract(local):
+    local.sagemaker.create_training_job(**local.training_request(quality=0.8, epochs=3))
+    assert local.sagemaker.wait_idle(60)
+    job = local.sagemaker.describe_training_job(TrainingJobName="train-1")
+    assert job["TrainingJobStatus"] == "Completed", job.get("FailureReason")
+    metrics = {m["MetricName"]: m["Value"] for m in job["FinalMetricDataList"]}
+    assert metrics == {"train:loss": 0.2, "train:accuracy": 0.8, "validation:loss": 0.2,
+                       "validation:accuracy": 0.8, "test:loss": 0.2, "test:accuracy": 0.8}
+    log = (local.sagemaker.job_dir("train-1") / "log.txt").read_text()
+    argv = json.loads(log.split("argv ", 1)[1].splitlines()[0])
+    pairs = dict(zip(argv[::2], argv[1::2]))
+    # as SageMaker's training toolkit passes them: decoded values, sagemaker_* kept out of argv
+    assert pairs["--arch"] == "resnet18" and pairs["--quality"] == "0.8" and pairs["--epochs"] == "3"
+    assert not any(a.startswith("--sagemaker_") for a in argv)
+    assert pairs["--checkpoint-dir"] == str(local.s3.prefix_path(BUCKET, "checkpoints/train-1/"))
+    env = json.loads(log.split("env ", 1)[1].splitlines()[0])
+    assert env["SM_CHANNEL_TRAIN"] == str(local.s3.prefix_path(BUCKET, "datasets/d/train/"))
+    assert json.loads(env["SM_CHANNELS"]) == ["train", "valid"]
+    assert json.loads(env["SM_HPS"])["arch"] == "resnet18" and env["OMP_NUM_THREADS"] == "2"
+    artifact = job["ModelArtifacts"]["S3ModelArtifacts"]
+    assert artifact == f"s3://{BUCKET}/jobs/train-1/train-1/output/model.tar.gz"
+    with tarfile.open(local.s3.path_of(BUCKET, "jobs/train-1/train-1/output/model.tar.gz")) as tar:
+        assert json.load(tar.extractfile("model.json")) == {"quality": 0.8}
+    with tarfile.open(local.s3.path_of(BUCKET, "jobs/train-1/train-1/output/output.tar.gz")) as tar:
+        assert tar.getnames() == ["report.html"]
+    assert [e["detail"]["TrainingJobStatus"] for e in local.events] == ["InProgress", "Completed"]
+    assert local.events[-1]["detail-type"] == "SageMaker Training Job State Change"
+
+
+def test_a_failing_script_fails_the_job_with_its_failure_file_and_duplicates_are_refused(local):
+    local.sagemaker.create_training_job(**local.training_request(fail="yes"))
+    with pytest.raises(Exception) as again:
+        local.sagemaker.create_training_job(**local.training_request(fail="yes"))
+    assert again.value.response["Error"]["Code"] == "ResourceInUse"
+    assert local.sagemaker.wait_idle(60)
+    job = local.sagemaker.describe_training_job(TrainingJobName="train-1")
+    assert job["TrainingJobStatus"] == "Failed"
+    assert job["FailureReason"] == "AlgorithmError: DatasetError: train/ has no images"
+    assert local.events[-1]["detail"]["FailureReason"] == job["FailureReason"]
+
+
+def tuning_request(local, strategy, values, epochs, max_jobs, parallel=1, seed=7, **extra):
+    tuning = TuningConfig(strategy=strategy, max_training_jobs=max_jobs, max_parallel_training_jobs=parallel,
+                          continuous_ranges=(), categorical_ranges=(CategoricalRange("quality", values),),
+                          static_hyperparameters={"epochs": epochs, "sleep": 0.05}, random_seed=seed, **extra)
+    config = replace(local.config, tuning=tuning)
+    return requests.create_hyper_parameter_tuning_job(config, "d", "m1", f"s3://{BUCKET}/code/src.tar.gz",
+                                                      ["train", "valid"])
+
+
+def trials(local, tuning_name):
+    jobs = local.sagemaker.list_training_jobs_for_hyper_parameter_tuning_job(
+        HyperParameterTuningJobName=tuning_name)["TrainingJobSummaries"]
+    result = []
+    for job in jobs:
+        log = (local.sagemaker.job_dir(job["TrainingJobName"]) / "log.txt").read_text()
+        parser = MetricParser([{"Name": "v", "Regex": r"\bval_acc=([0-9.]+)"}])
+        for line in log.splitlines():
+            parser.feed(line)
+        result.append((job["TrainingJobName"], job["TrainingJobStatus"], job["TunedHyperParameters"]["quality"],
+                       parser.series.get("v", [])))
+    return result
+
+
+def test_hyperband_stops_a_bad_trial_early_from_its_logged_metrics(local):
+    # Hyperband can only stop a trial once a better one has passed the same rung (epochs 1, 3, 9 here):
+    # with seed 2 the sampler tries the good value first, so the later bad trials have something to lose to.
+    request = tuning_request(local, "Hyperband", (0.9, 0.1), epochs=9, max_jobs=6, seed=2, hyperband_min_epochs=1,
+                             hyperband_max_epochs=9)
+    name = request["HyperParameterTuningJobName"]
+    assert request["HyperParameterTuningJobConfig"]["TrainingJobEarlyStoppingType"] == "Off"
+    local.sagemaker.create_hyper_parameter_tuning_job(**request)
+    assert local.sagemaker.wait_idle(120)
+    tuning = local.sagemaker.describe_hyper_parameter_tuning_job(HyperParameterTuningJobName=name)
+    assert tuning["HyperParameterTuningJobStatus"] == "Completed", tuning.get("FailureReason")
+    ran = trials(local, name)
+    assert len(ran) == 6
+    stopped = [t for t in ran if t[1] == "Stopped"]
+    # a bad trial was stopped after fewer epochs than the 9 it was given, by what its log said...
+    assert any(quality == "0.1" and len(values) < 9 for _, _, quality, values in stopped), ran
+    # ...while every good trial that ran to the end logged all 9 epochs
+    completed = [t for t in ran if t[1] == "Completed"]
+    assert completed and all(len(values) == 9 for *_, values in completed)
+    best = tuning["BestTrainingJob"]
+    assert best["TunedHyperParameters"] == {"quality": "0.9"}
+    assert best["FinalHyperParameterTuningJobObjectiveMetric"] == {
+        "Type": "Maximize", "MetricName": "validation:accuracy", "Value": 0.9}
+    counters = tuning["TrainingJobStatusCounters"]
+    assert counters["Completed"] + counters["Stopped"] == 6 and counters["Stopped"] == len(stopped)
+    tuning_events = [e for e in local.events if e["detail-type"].endswith("Tuning Job State Change")]
+    assert [e["detail"]["HyperParameterTuningJobStatus"] for e in tuning_events] == ["Completed"]
+    # trials report as training jobs launched by the tuning job: the control plane ignores them
+    trial_events = [e for e in local.events if e["detail-type"] == "SageMaker Training Job State Change"]
+    assert trial_events and all(e["detail"]["TuningJobArn"] == tuning["HyperParameterTuningJobArn"]
+                                for e in trial_events)
+
+
+def test_grid_runs_every_combination_once_and_random_honours_the_budget(local):
+    grid = tuning_request(local, "Grid", (0.3, 0.6, 0.9), epochs=2, max_jobs=3, parallel=2)
+    local.sagemaker.create_hyper_parameter_tuning_job(**grid)
+    assert local.sagemaker.wait_idle(120)
+    name = grid["HyperParameterTuningJobName"]
+    assert sorted(t[2] for t in trials(local, name)) == ["0.3", "0.6", "0.9"]
+    best = local.sagemaker.describe_hyper_parameter_tuning_job(HyperParameterTuningJobName=name)["BestTrainingJob"]
+    assert best["TunedHyperParameters"] == {"quality": "0.9"}
+
+
+def test_a_restart_marks_the_jobs_of_the_dead_runtime_failed_and_kills_their_scripts(tmp_path):
+    first = Local(tmp_path)
+    first.sagemaker.create_training_job(**first.training_request(epochs=200, sleep=0.2))
+    deadline = time.time() + 30
+    while "_pid" not in (first.sagemaker.records.get("training", "train-1") or {}) and time.time() < deadline:
+        time.sleep(0.05)
+    pid = first.sagemaker.records.get("training", "train-1")["_pid"]
+    # the runtime dies without closing anything: a second one starts over the same data directory
+    second = LocalSageMaker(first.s3, tmp_path / "data", first.events.append, cores=2)
+    notes = second.recover()
+    job = second.describe_training_job(TrainingJobName="train-1")
+    assert job["TrainingJobStatus"] == "Failed"
+    assert "the local runtime stopped while this job ran" in job["FailureReason"]
+    assert notes == [f"training job train-1 marked Failed: {job['FailureReason']}"]
+    deadline = time.time() + 10
+    while os.path.exists(f"/proc/{pid}") and time.time() < deadline:
+        time.sleep(0.05)
+        try:
+            os.waitpid(pid, os.WNOHANG)     # reap it: it is this test process's child
+        except ChildProcessError:
+            pass
+    assert not os.path.exists(f"/proc/{pid}")
+    first.sagemaker.wait_idle(10)
+    # the old runtime's thread ends the job as it sees it, but a terminal status is never replaced
+    assert second.describe_training_job(TrainingJobName="train-1")["TrainingJobStatus"] == "Failed"
+
+
+class CountingServer:
+    """A stand-in for the model server: answers every image with a fixed prediction, counts requests."""
+
+    def __init__(self, model_dir, seen, fail_after=None):
+        outer = self
+        self.seen, self.fail_after = seen, fail_after
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                outer.seen.append(body)
+                if outer.fail_after is not None and len(outer.seen) > outer.fail_after:
+                    self.send_response(500)
+                    self.end_headers()
+                    return
+                reply = json.dumps({"predictions": [{"label": "a", "probability": 1.0}]}).encode()
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(reply)))
+                self.end_headers()
+                self.wfile.write(reply)
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+
+    def start(self):
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+        return self
+
+    def stop(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self.thread.join(5)
+
+
+def test_an_interrupted_transform_resumes_without_redoing_finished_images(tmp_path):
+    seen = []
+    failing = {"after": 4}
+    local = Local(tmp_path, server_factory=lambda d: CountingServer(d, seen, failing["after"]))
+    images = {f"img{i:02d}.jpg": f"image-{i}".encode() for i in range(10)}
+    for name, body in images.items():
+        local.s3.put_object(Bucket=BUCKET, Key=f"batch/b/input/{name}", Body=body)
+    model = tarfile.open(fileobj=io.BytesIO(), mode="w:gz")
+    model.close()
+    local.s3.put_object(Bucket=BUCKET, Key="jobs/m/model.tar.gz", Body=source_package("x = 1"))
+    local.sagemaker.create_model(ModelName="m", PrimaryContainer={"ModelDataUrl": f"s3://{BUCKET}/jobs/m/model.tar.gz"})
+    request = requests.create_transform_job(replace(local.config, batch=replace(local.config.batch,
+                                                                               max_concurrent_transforms=1)),
+                                            "b", "marker-1", "m")
+    local.sagemaker.create_transform_job(**request)
+    assert local.sagemaker.wait_idle(30)
+    first = local.sagemaker.describe_transform_job(TransformJobName=request["TransformJobName"])
+    # the server broke down after 4 images: the job failed, naming what did not get through
+    assert first["TransformJobStatus"] == "Failed" and "6 of 10 objects failed" in first["FailureReason"]
+    done = sorted(o["Key"] for o in local.s3.list_objects_v2(Bucket=BUCKET, Prefix="batch/b/output/")["Contents"])
+    assert len(done) == 4 and len(seen) == 10
+    # a second run (a new transform job over the same prefixes) only sends the 6 missing images
+    seen.clear()
+    failing["after"] = None
+    again = requests.create_transform_job(local.config, "b", "marker-2", "m")
+    local.sagemaker.create_transform_job(**again)
+    assert local.sagemaker.wait_idle(30)
+    second = local.sagemaker.describe_transform_job(TransformJobName=again["TransformJobName"])
+    assert second["TransformJobStatus"] == "Completed"
+    assert len(seen) == 6 and not set(seen) & {images[k.split("/")[-1][:-4]] for k in done}
+    outputs = local.s3.list_objects_v2(Bucket=BUCKET, Prefix="batch/b/output/")["Contents"]
+    assert sorted(o["Key"] for o in outputs) == [f"batch/b/output/{name}.out" for name in sorted(images)]
