@@ -1,0 +1,793 @@
+"""The local inference server behind the embedded runtime's SageMaker endpoints.
+
+``ModelServer(model_dir)`` serves a model directory as SageMaker's PyTorch container does: it imports
+``<model_dir>/code/inference.py`` (the handlers shipped inside ``model.tar.gz``), calls its
+``model_fn(model_dir)`` and speaks the container protocol on 127.0.0.1:
+
+- ``GET /ping``: 200 while a model is loaded (503 while stopping);
+- ``POST /invocations`` with ``Content-Type`` and ``Accept``: ``input_fn`` -> forward -> ``output_fn``;
+- ``GET /stats``: this server's counters as JSON (not part of SageMaker's protocol; handy locally).
+
+    with ModelServer("/tmp/model") as server:          # model.tar.gz extracted there: code/, model.*
+        print(server.url)                               # http://127.0.0.1:<free port>
+        server.swap("/tmp/model-v2")                    # new code and weights, no request dropped
+
+Errors: a ``ClientError`` (anything with an integer ``status_code`` 400..499) raised by the handlers
+becomes that status with ``{"message": ...}``; any other exception fails only its own request with
+500 and is logged. ``Content-Length`` is required (411) and checked against the handlers'
+``MAX_BODY_BYTES`` before a byte of the body is read (413, then the connection is closed); unknown
+paths get 404, known paths with the wrong method 405.
+
+Dynamic batching. ``input_fn`` and ``LoadedModel.preprocess`` run in the request's own thread, so
+requests decode in parallel; the preprocessed tensors go into one queue. A single batcher thread
+takes up to ``max_batch_size`` images of the oldest model version in the queue, ``torch.cat``\\ s them
+and runs one ``LoadedModel.probabilities`` forward under ``torch.inference_mode()``; each request
+then gets its rows and calls ``output_fn`` itself. The batcher waits for more images only while
+other requests are being read or decoded right now (an in-flight counter) and never longer than
+``max_wait_ms`` after the oldest queued request: a lone request runs at once, with no window. A
+request with several images (JSON ``"images"``) counts as that many items; one larger than
+``max_batch_size`` runs as a batch of its own. A failed forward fails the requests of that batch only.
+Handler modules without ``LoadedModel.preprocess/probabilities`` and ``InferenceResult`` still work:
+their ``predict_fn`` runs per request in the batcher thread.
+
+``swap(model_dir)`` loads the new model completely (its own ``code/inference.py``, under its own
+module name, so two models with different code live side by side), then switches one reference.
+Requests that already started keep the model they started with, through the forward and
+``output_fn``; batches never mix models; nothing is refused during a swap.
+
+Threads (the defaults are chosen from what this process may use: ``os.sched_getaffinity``):
+
+- Forward: ``torch_threads`` = all usable cores on CPU. Measured on 2 cores at 224 px with resnet18:
+  decode + preprocess of a ~500x400 JPEG costs about 2 ms of one core, the forward about 60 ms of one
+  core per image, so decoding needs about 3% of the CPU. Keeping a core free for it would cost half
+  the forward throughput on 2 cores (16 instead of 30 images/s measured), while 2 torch threads plus
+  a decoding thread on 2 cores oversubscribe: OpenMP threads wait at their barriers for a
+  descheduled peer, which on this machine made forwards several times slower under load. So when
+  the forward uses every core, forward and decoding take turns (``exclusive_forward``): a forward
+  starts once the decodes that already started have finished, and decodes wait while it runs; between
+  forwards up to one decode per core runs in parallel. With ``torch_threads`` below the core count
+  (pass it to leave cores to other work) the two overlap instead and ``cores - torch_threads``
+  decodes run at a time.
+- On CUDA the forward runs on the GPU: the batcher keeps 1 CPU thread and decoding gets every core.
+- Each request thread runs its torch ops (the resize in ``preprocess``) with 1 intra-op thread:
+  parallelism comes from decoding several requests at once, not from splitting one image.
+- HTTP threads (one per connection, ``ThreadingHTTPServer``) mostly wait on sockets and the queue.
+
+``torch.set_num_threads`` in a thread sets that thread's OpenMP team size and also the default that
+threads starting their first torch op later inherit; ``stop()`` restores the default seen when the
+server was created. The chosen numbers are logged at ``start()`` and reported by ``stats()``.
+
+Not emulated: ``code/requirements.txt`` is not installed (the local runtime's environment already has
+what the project's handlers import), and only ``code/inference.py`` is loaded (``SAGEMAKER_PROGRAM``
+is not read). ``code/`` is on ``sys.path`` while the module is imported, as in the container, so
+helpers next to it import; they are cached under their plain names, shared by all models.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import itertools
+import json
+import logging
+import os
+import socket
+import sys
+import threading
+import time
+from collections import Counter, deque
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from types import ModuleType
+from urllib.parse import urlsplit
+
+import torch
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_BATCH_SIZE = 32
+DEFAULT_MAX_WAIT_MS = 5.0
+DEFAULT_MAX_BODY_BYTES = 6 * 1024 * 1024  # SageMaker realtime endpoints; used if the handlers set none
+JSON_TYPE = "application/json"
+IDLE_CONNECTION_TIMEOUT_S = 60.0
+
+ROUTES = {"/ping": ("GET", "HEAD"), "/invocations": ("POST",), "/stats": ("GET",)}
+
+_module_numbers = itertools.count(1)
+
+
+class ModelCodeError(RuntimeError):
+    """``code/inference.py`` is missing or lacks a handler the server needs."""
+
+
+def usable_cores() -> int:
+    """CPUs this process may run on (affinity/cgroup cpuset aware where the OS tells)."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return max(1, os.cpu_count() or 1)
+
+
+def default_threads(cores: int, device_type: str, torch_threads: int | None = None,
+                    forward_workers: int | None = None) -> dict:
+    """The thread plan (see the module docstring for the measurements behind it).
+
+    Returns ``{"forward_workers", "torch_threads", "lone_threads", "decode_slots", "exclusive_forward"}``:
+    ``forward_workers`` threads each run whole forwards with ``torch_threads`` intra-op threads;
+    ``lone_threads`` (or None) is the team a forward may use when it is the only work in the server;
+    ``decode_slots`` requests decode at once; ``exclusive_forward``: decoding waits while a
+    multi-threaded forward runs.
+    """
+    if device_type == "cuda":  # the GPU computes; CPU threads feed it
+        workers, threads = forward_workers or 1, torch_threads or 1
+        return {"forward_workers": workers, "torch_threads": threads, "lone_threads": None,
+                "decode_slots": cores, "exclusive_forward": False}
+    threads = torch_threads or 1
+    workers = forward_workers or max(1, cores // threads)
+    lone = cores if torch_threads is None and forward_workers is None and cores > threads else None
+    return {"forward_workers": workers, "torch_threads": threads, "lone_threads": lone,
+            "decode_slots": cores, "exclusive_forward": threads > 1 and workers * threads >= cores}
+
+
+class _LoneTuner:
+    """Chooses the thread count of a forward that runs while nothing else is in the server.
+
+    A team of all cores answers a lone request fastest on an idle machine (resnet18, 224 px, 2 cores:
+    35 ms instead of 60 ms) but is several times slower than one thread when other processes keep a
+    core busy (OpenMP threads wait at every barrier for a descheduled peer: 300+ ms instead of 70 ms).
+    So both are timed: an average of seconds per image for each (seeded by the warm-up), the faster
+    one is used, and every ``explore_every``-th lone forward re-measures the other.
+    """
+
+    def __init__(self, explore_every: int = 16, alpha: float = 0.3):
+        self.explore_every, self.alpha = explore_every, alpha
+        self.seconds_per_image: dict[bool, float | None] = {True: None, False: None}
+        self.count = 0
+
+    def choose(self) -> bool:
+        """True: use the lone team for this forward."""
+        self.count += 1
+        team, single = self.seconds_per_image[True], self.seconds_per_image[False]
+        if team is None or single is None:
+            return team is None
+        best = team <= single
+        return (not best) if self.count % self.explore_every == 0 else best
+
+    def record(self, team: bool, seconds_per_image: float) -> None:
+        old = self.seconds_per_image[team]
+        self.seconds_per_image[team] = seconds_per_image if old is None else old + self.alpha * (seconds_per_image - old)
+
+
+def load_handlers(model_dir) -> ModuleType:
+    """Import ``<model_dir>/code/inference.py`` under a module name of its own."""
+    code = Path(model_dir) / "code" / "inference.py"
+    if not code.is_file():
+        raise ModelCodeError(f"{code} not found: a model directory extracted from model.tar.gz holds the "
+                             "inference handlers in code/inference.py")
+    name = f"dogbreeds_serving_model_{next(_module_numbers)}_inference"
+    spec = importlib.util.spec_from_file_location(name, code)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses and pickling look classes up by module name
+    code_dir = str(code.parent)
+    sys.path.insert(0, code_dir)
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        sys.modules.pop(name, None)
+        raise
+    finally:
+        try:
+            sys.path.remove(code_dir)
+        except ValueError:
+            pass
+    missing = [f for f in ("model_fn", "input_fn", "output_fn") if not callable(getattr(module, f, None))]
+    if missing:
+        raise ModelCodeError(f"{code} defines no {', '.join(missing)}")
+    return module
+
+
+class _Version:
+    """One loaded model: its handler module and what its model_fn returned."""
+
+    def __init__(self, number: int, model_dir: Path, module: ModuleType, model):
+        self.number, self.model_dir, self.module, self.model = number, model_dir, module, model
+        self.batchable = (callable(getattr(model, "preprocess", None))
+                          and callable(getattr(model, "probabilities", None))
+                          and callable(getattr(module, "InferenceResult", None))
+                          and hasattr(model, "classes") and hasattr(model, "labels"))
+        if not self.batchable and not callable(getattr(module, "predict_fn", None)):
+            raise ModelCodeError(f"{model_dir}/code/inference.py defines no predict_fn and its model "
+                                 "has no preprocess/probabilities to batch with")
+        device = getattr(model, "device", None)
+        self.device_type = device.type if isinstance(device, torch.device) else "cpu"
+
+    @property
+    def max_body_bytes(self) -> int:
+        value = getattr(self.module, "MAX_BODY_BYTES", None)  # read per request: tests may patch it
+        return value if isinstance(value, int) and value > 0 else DEFAULT_MAX_BODY_BYTES
+
+    def client_status(self, exc: BaseException) -> int | None:
+        """The 4xx status of a handler's ClientError (or any exception carrying one), else None."""
+        status = getattr(exc, "status_code", None)
+        return status if isinstance(status, int) and 400 <= status < 500 else None
+
+
+class _Pending:
+    """One decoded request waiting for its forward."""
+
+    __slots__ = ("version", "data", "batch", "size", "enqueued", "done", "rows", "prediction", "error")
+
+    def __init__(self, version: _Version, data, batch):
+        self.version, self.data, self.batch = version, data, batch
+        self.size = int(batch.shape[0]) if batch is not None else 1
+        self.enqueued = 0.0
+        self.done = threading.Event()
+        self.rows = self.prediction = self.error = None
+
+
+class _HTTPServer(ThreadingHTTPServer):
+    daemon_threads = True        # never keep the interpreter alive; stop() still joins them
+    block_on_close = True
+    request_queue_size = 128     # a burst of clients connecting at once must not hit a 5-deep backlog
+    app: "ModelServer"
+
+
+class ModelServer:
+    """SageMaker-container-style HTTP server for one model directory, with dynamic batching."""
+
+    def __init__(self, model_dir, host: str = "127.0.0.1", port: int = 0,
+                 max_batch_size: int = DEFAULT_MAX_BATCH_SIZE, max_wait_ms: float = DEFAULT_MAX_WAIT_MS,
+                 torch_threads: int | None = None, forward_workers: int | None = None):
+        if max_batch_size < 1:
+            raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
+        if max_wait_ms < 0:
+            raise ValueError(f"max_wait_ms must be >= 0, got {max_wait_ms}")
+        for name, value in (("torch_threads", torch_threads), ("forward_workers", forward_workers)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ValueError(f"{name} must be a positive integer or None, got {value!r}")
+        self.host, self._requested_port = host, port
+        self.max_batch_size, self.max_wait_ms = int(max_batch_size), float(max_wait_ms)
+        self._lock = threading.Lock()
+        self._work = threading.Condition(self._lock)   # forward workers wait here
+        self._gate = threading.Condition(self._lock)   # decoders wait here for a slot
+        self._queue: deque[_Pending] = deque()
+        self._in_flight = 0        # requests between their headers and the queue (reading, decoding)
+        self._decoding = 0         # requests holding a decode slot
+        self._busy_workers = 0     # forwards running
+        self._exclusive = 0        # multi-threaded forwards that want or hold every core
+        self._team_running = False  # a forward with the lone team runs: other workers wait
+        self._closing = False
+        self._stop_workers = False
+        self._connections: set = set()
+        self._httpd: _HTTPServer | None = None
+        self._threads: list[threading.Thread] = []
+        self._versions = itertools.count(1)
+        self._swap_lock = threading.Lock()
+        self._torch_default = torch.get_num_threads()
+        self._stats = {"requests": 0, "images": 0, "forwards": 0, "forward_seconds": 0.0,
+                       "status": Counter(), "batch_sizes": Counter(), "swaps": 0, "forward_failures": 0,
+                       "lone_team_forwards": 0}
+        self._cores = usable_cores()
+        self._tuner = _LoneTuner()
+        self._plan_args = (torch_threads, forward_workers)
+        self._current = self._load(model_dir, first=True)
+
+    def _apply_plan(self, version: _Version) -> None:
+        plan = default_threads(self._cores, version.device_type, *self._plan_args)
+        self.forward_workers = plan["forward_workers"]
+        self.torch_threads = plan["torch_threads"]
+        self.lone_threads = plan["lone_threads"]
+        self.decode_slots = plan["decode_slots"]
+        self.exclusive_forward = plan["exclusive_forward"]
+
+    # ------------------------------------------------------------------------------------- lifecycle
+
+    def _load(self, model_dir, first: bool = False) -> _Version:
+        model_dir = Path(model_dir)
+        started = time.perf_counter()
+        module = load_handlers(model_dir)
+        model = module.model_fn(str(model_dir))
+        version = _Version(next(self._versions), model_dir, module, model)
+        if first:
+            self._apply_plan(version)
+        self._warm_up(version, seed_tuner=first)
+        log.info("loaded model %d from %s in %.2f s (%s)", version.number, model_dir,
+                 time.perf_counter() - started, "batched" if version.batchable else "predict_fn per request")
+        return version
+
+    def _warm_up(self, version: _Version, seed_tuner: bool) -> None:
+        """Run the new model once per thread count it will see, so the first request pays no set-up
+        (oneDNN primitives, allocator); times the second run to seed the lone-forward choice. Runs in
+        a thread of its own: set_num_threads must not touch the caller's thread."""
+        size = getattr(version.model, "image_size", None)
+        if not version.batchable or not isinstance(size, int):
+            return
+        from PIL import Image
+
+        def run():
+            try:
+                batch = version.model.preprocess([Image.new("RGB", (size, size), (128, 128, 128))])
+                for team, threads in ((False, self.torch_threads), (True, self.lone_threads)):
+                    if threads is None:
+                        continue
+                    torch.set_num_threads(threads)
+                    with torch.inference_mode():
+                        version.model.probabilities(batch)
+                        started = time.perf_counter()
+                        version.model.probabilities(batch)
+                    if seed_tuner and self.lone_threads is not None:
+                        self._tuner.record(team, time.perf_counter() - started)
+            except Exception:  # a model that cannot run a blank image fails on real requests too
+                log.warning("warm-up of model %d failed", version.number, exc_info=True)
+
+        thread = threading.Thread(target=run, name="dogbreeds-serving-warm-up")
+        thread.start()
+        thread.join()
+
+    @property
+    def port(self) -> int:
+        if self._httpd is None:
+            raise RuntimeError("server not started: call start() first")
+        return self._httpd.server_address[1]
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def model_dir(self) -> Path:
+        return self._current.model_dir
+
+    def start(self) -> "ModelServer":
+        if self._httpd is not None:
+            raise RuntimeError("server already started")
+        httpd = _HTTPServer((self.host, self._requested_port), _Handler)
+        httpd.app = self
+        self._httpd = httpd
+        self._closing = self._stop_workers = False
+        self._threads = [threading.Thread(target=self._worker_loop, name=f"dogbreeds-serving-forward-{i}",
+                                          daemon=True) for i in range(self.forward_workers)]
+        self._threads.append(threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.1},
+                                              name="dogbreeds-serving-http", daemon=True))
+        for thread in self._threads:
+            thread.start()
+        log.info("serving %s at %s: %d usable cores; %d forward worker(s) on %s with %d torch thread(s) "
+                 "each%s; up to %d request(s) decoding at once with 1 torch thread each (%s); "
+                 "max batch %d images, max wait %g ms",
+                 self._current.model_dir, self.url, self._cores, self.forward_workers,
+                 self._current.device_type, self.torch_threads,
+                 f", {self.lone_threads} for a lone request when that is measured faster"
+                 if self.lone_threads else "",
+                 self.decode_slots,
+                 "waiting while a forward runs" if self.exclusive_forward else "alongside the forwards",
+                 self.max_batch_size, self.max_wait_ms)
+        return self
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop accepting, let started requests finish, close idle connections, join every thread."""
+        httpd = self._httpd
+        if httpd is None:
+            return
+        httpd.shutdown()  # no new connections
+        with self._lock:
+            self._closing = True
+            self._work.notify_all()
+            connections = list(self._connections)
+        for handler in connections:  # idle keep-alive connections: wake their readline with EOF
+            if not handler.busy:
+                _shutdown_socket(handler.connection)
+        deadline = time.monotonic() + timeout
+        while True:  # busy ones finish their request (the workers still run), then close
+            with self._lock:
+                left = [h for h in self._connections if h.busy]
+            if not left or time.monotonic() > deadline:
+                break
+            time.sleep(0.01)
+        with self._lock:
+            for handler in self._connections:
+                _shutdown_socket(handler.connection)
+        httpd.server_close()  # joins the connection threads
+        with self._lock:
+            self._stop_workers = True
+            self._work.notify_all()
+        for thread in self._threads:
+            thread.join(timeout)
+        self._threads = []
+        self._httpd = None
+        # Put back the torch thread default that threads inherit (set_num_threads in a throwaway thread
+        # changes that default without touching the caller's own OpenMP team).
+        restore = threading.Thread(target=torch.set_num_threads, args=(self._torch_default,),
+                                   name="dogbreeds-serving-restore")
+        restore.start()
+        restore.join()
+        log.info("stopped serving %s", self._current.model_dir)
+
+    def __enter__(self) -> "ModelServer":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def swap(self, model_dir) -> None:
+        """Load ``model_dir`` (its own code/inference.py) completely, then serve it from the next request on.
+
+        Requests already started finish on the model they started with. Raises whatever loading
+        raises, and then the old model keeps serving.
+        """
+        with self._swap_lock:
+            new = self._load(model_dir)
+            with self._lock:
+                old, self._current = self._current, new
+                self._stats["swaps"] += 1
+            log.info("swapped model %d (%s) for model %d (%s)", old.number, old.model_dir,
+                     new.number, new.model_dir)
+
+    def stats(self) -> dict:
+        """Counters since creation: requests by status, forwards, images per forward, the thread plan."""
+        with self._lock:
+            s = self._stats
+            tuner = {("team" if k else "single"): (None if v is None else round(v * 1000, 3))
+                     for k, v in self._tuner.seconds_per_image.items()}
+            return {
+                "model_dir": str(self._current.model_dir), "model_version": self._current.number,
+                "requests": s["requests"], "status": {str(k): v for k, v in sorted(s["status"].items())},
+                "images": s["images"], "forwards": s["forwards"], "forward_failures": s["forward_failures"],
+                "forward_seconds": round(s["forward_seconds"], 6),
+                "batch_sizes": {str(k): v for k, v in sorted(s["batch_sizes"].items())},
+                "lone_team_forwards": s["lone_team_forwards"], "lone_ms_per_image": tuner,
+                "swaps": s["swaps"], "queued": sum(p.size for p in self._queue), "in_flight": self._in_flight,
+                "usable_cores": self._cores, "forward_workers": self.forward_workers,
+                "torch_threads": self.torch_threads, "lone_threads": self.lone_threads,
+                "decode_slots": self.decode_slots, "exclusive_forward": self.exclusive_forward,
+                "max_batch_size": self.max_batch_size, "max_wait_ms": self.max_wait_ms,
+            }
+
+    # ---------------------------------------------------------------------------------- request path
+
+    def _count(self, status: int) -> None:
+        with self._lock:
+            self._stats["requests"] += 1
+            self._stats["status"][status] += 1
+
+    def _begin(self) -> _Version:
+        """A request's headers are in: count it as in flight and pin the model it will use."""
+        with self._lock:
+            self._in_flight += 1
+            return self._current
+
+    def _abandon(self) -> None:
+        """The request failed before reaching the queue."""
+        with self._lock:
+            self._in_flight -= 1
+            self._work.notify_all()
+
+    def _decode(self, version: _Version, body: bytes, content_type):
+        """input_fn (+ preprocess) in the request thread, within the decode slots."""
+        with self._lock:
+            while self._decoding >= self.decode_slots or self._exclusive:
+                self._gate.wait()
+            self._decoding += 1
+        try:
+            if torch.get_num_threads() != 1:
+                torch.set_num_threads(1)
+            data = version.module.input_fn(body, content_type)
+            batch = version.model.preprocess(list(data.images)) if version.batchable else None
+            return data, batch
+        finally:
+            with self._lock:
+                self._decoding -= 1
+                self._gate.notify()
+                if self._decoding == 0 and self._exclusive:
+                    self._work.notify_all()  # a worker waits for the decodes to drain
+
+    def _submit(self, pending: _Pending) -> None:
+        with self._lock:
+            pending.enqueued = time.perf_counter()
+            self._in_flight -= 1
+            self._queue.append(pending)
+            self._work.notify_all()
+
+    def _predict(self, version: _Version, body: bytes, content_type):
+        """Decode, wait for the forward, return the handlers' prediction object."""
+        try:
+            data, batch = self._decode(version, body, content_type)
+        except BaseException:
+            self._abandon()
+            raise
+        pending = _Pending(version, data, batch)
+        self._submit(pending)
+        pending.done.wait()
+        if pending.error is not None:
+            raise pending.error
+        if pending.prediction is not None:
+            return pending.prediction
+        model = version.model
+        return version.module.InferenceResult(
+            probabilities=pending.rows, classes=model.classes, labels=model.labels,
+            top_k=getattr(data, "top_k", None), is_list=getattr(data, "is_list", False))
+
+    # ------------------------------------------------------------------------------- forward workers
+
+    def _worker_loop(self) -> None:
+        threads_now = self.torch_threads
+        torch.set_num_threads(threads_now)
+        while True:
+            with self._lock:
+                items, team = self._next_batch()
+                if items is None:
+                    return
+                threads = self.lone_threads if team else self.torch_threads
+                exclusive = team or self.exclusive_forward
+                if exclusive:  # decoding waits; the decodes already running finish first
+                    self._exclusive += 1
+                    while self._decoding:
+                        self._work.wait()
+                self._busy_workers += 1
+            if threads != threads_now:
+                torch.set_num_threads(threads)
+                threads_now = threads
+            started, failed = time.perf_counter(), True
+            try:
+                failed = self._forward(items)
+            finally:
+                seconds = time.perf_counter() - started
+                size = sum(p.size for p in items)
+                with self._lock:
+                    self._busy_workers -= 1
+                    if exclusive:
+                        self._exclusive -= 1
+                    if team:
+                        self._team_running = False
+                    if team is not None and not failed:
+                        self._tuner.record(team, seconds / size)
+                    stats = self._stats
+                    stats["forwards"] += 1
+                    stats["forward_failures"] += failed
+                    stats["forward_seconds"] += seconds
+                    stats["batch_sizes"][size] += 1
+                    stats["lone_team_forwards"] += bool(team)
+                    if not failed:
+                        stats["images"] += size
+                    self._gate.notify_all()
+                    self._work.notify_all()
+                for item in items:
+                    item.done.set()
+
+    def _next_batch(self):
+        """Under the lock: wait for work, gather a batch, decide whether it runs as a lone forward.
+
+        Returns (items, team): team is None for a normal forward, True/False for a lone forward with
+        the lone team / the usual threads; (None, None) once stopped and drained."""
+        while True:
+            while (not self._queue or self._team_running) and not self._stop_workers:
+                self._work.wait()
+            if not self._queue:
+                return None, None
+            first = self._queue[0]
+            if first.version.batchable:
+                deadline = first.enqueued + self.max_wait_ms / 1000
+                while not self._closing and self._queue and self._queue[0] is first:
+                    if self._queued_images(first.version) >= self.max_batch_size or self._in_flight == 0:
+                        break
+                    left = deadline - time.perf_counter()
+                    if left <= 0:
+                        break
+                    self._work.wait(left)
+                if not self._queue or self._queue[0] is not first or self._team_running:
+                    continue  # another worker took it meanwhile
+            items = self._take(first.version)
+            team = None
+            if (self.lone_threads and self._busy_workers == 0 and not self._queue
+                    and self._in_flight == 0 and first.version.batchable):
+                team = self._tuner.choose()
+                self._team_running = team
+            return items, team
+
+    def _queued_images(self, version: _Version) -> int:
+        return sum(p.size for p in self._queue if p.version is version)
+
+    def _take(self, version: _Version) -> list[_Pending]:
+        """The oldest request plus, in order, later ones of the same model while they fit."""
+        first = self._queue.popleft()
+        items, total = [first], first.size
+        if not version.batchable:
+            return items
+        kept = deque()
+        while self._queue:
+            item = self._queue.popleft()
+            if item.version is version and total + item.size <= self.max_batch_size:
+                items.append(item)
+                total += item.size
+            else:
+                kept.append(item)
+        self._queue = kept
+        return items
+
+    def _forward(self, items: list[_Pending]) -> bool:
+        """One forward for ``items`` (all of one model); returns True if it failed (each item then
+        carries the error)."""
+        version = items[0].version
+        try:
+            with torch.inference_mode():
+                if version.batchable:
+                    batch = items[0].batch if len(items) == 1 else torch.cat([p.batch for p in items])
+                    probabilities = version.model.probabilities(batch)
+                    offset = 0
+                    for item in items:
+                        item.rows = probabilities[offset:offset + item.size]
+                        offset += item.size
+                else:
+                    items[0].prediction = version.module.predict_fn(items[0].data, version.model)
+            return False
+        except Exception as exc:  # fails this batch only
+            log.exception("forward of %d request(s) on model %d failed", len(items), version.number)
+            for item in items:
+                item.error = exc
+            return True
+
+
+def _shutdown_socket(sock) -> None:
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive: clients reuse their connection
+    server_version = "dogbreeds-serving"
+    disable_nagle_algorithm = True  # headers and body go out in separate writes
+    timeout = IDLE_CONNECTION_TIMEOUT_S
+    busy = False
+    _expect_continue = False
+
+    @property
+    def app(self) -> ModelServer:
+        return self.server.app
+
+    def setup(self):
+        super().setup()
+        with self.app._lock:
+            self.app._connections.add(self)
+
+    def finish(self):
+        with self.app._lock:
+            self.app._connections.discard(self)
+        try:
+            super().finish()
+        except OSError:
+            pass
+
+    def handle_one_request(self):
+        self.busy = False
+        if self.app._closing:
+            self.close_connection = True
+            return
+        try:
+            super().handle_one_request()
+        except (ConnectionError, BrokenPipeError):
+            self.close_connection = True
+        finally:
+            self.busy = False
+
+    def parse_request(self):
+        self.busy = True
+        self._expect_continue = False
+        return super().parse_request()
+
+    def handle_expect_100(self):
+        self._expect_continue = True  # answered with 100 only once the length is acceptable
+        return True
+
+    def log_message(self, format, *args):
+        log.debug("%s %s", self.address_string(), format % args)
+
+    def send_error(self, code, message=None, explain=None):
+        """Errors found by http.server itself (bad request line, unknown method): JSON, then close."""
+        self.close_connection = True
+        self._reply(int(code), {"message": message or HTTPStatus(code).phrase}, close=True)
+
+    # ---------------------------------------------------------------------------------- responses
+
+    def _reply(self, status: int, payload, content_type: str = JSON_TYPE, close: bool = False,
+               headers=()) -> None:
+        body = payload if isinstance(payload, bytes) else json.dumps(payload).encode("utf-8")
+        if self.app._closing:
+            close = True
+        try:
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            for name, value in headers:
+                self.send_header(name, value)
+            if close:
+                self.send_header("Connection", "close")
+                self.close_connection = True
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(body)
+        except OSError:  # the client went away
+            self.close_connection = True
+
+    def _error(self, status: int, message: str, close: bool = False, headers=()) -> None:
+        self.app._count(status)
+        self._reply(status, {"message": message}, close=close, headers=headers)
+
+    # ---------------------------------------------------------------------------------- routing
+
+    def _dispatch(self):
+        path = urlsplit(self.path).path
+        has_body = self.headers.get("Content-Length") not in (None, "0") or "Transfer-Encoding" in self.headers
+        allowed = ROUTES.get(path)
+        if allowed is None:
+            self._error(404, f"no such path {path!r}: the endpoint serves GET /ping and POST /invocations",
+                        close=has_body)
+        elif self.command not in allowed:
+            self._error(405, f"{self.command} is not allowed on {path}: use {' or '.join(allowed)}",
+                        close=has_body, headers=[("Allow", ", ".join(allowed))])
+        elif path == "/ping":
+            ok = not self.app._closing
+            self._reply(200 if ok else 503, {"status": "healthy" if ok else "stopping"}, close=has_body)
+        elif path == "/stats":
+            self._reply(200, self.app.stats(), close=has_body)
+        else:
+            self._invocations()
+
+    do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = do_OPTIONS = _dispatch
+
+    def _invocations(self):
+        app = self.app
+        length_text = self.headers.get("Content-Length")
+        if length_text is None:
+            chunked = "chunked" in self.headers.get("Transfer-Encoding", "").lower()
+            self._error(411, "Content-Length is required"
+                             + (" (chunked bodies are not accepted)" if chunked else ""), close=True)
+            return
+        if not length_text.strip().isdigit():
+            self._error(400, f"Content-Length {length_text!r} is not a non-negative integer", close=True)
+            return
+        length = int(length_text.strip())
+        version = app._begin()  # in flight from here until queued or failed
+        try:
+            limit = version.max_body_bytes
+            if length > limit:  # refuse before reading: the rest of the body is never read
+                app._abandon()
+                self._error(413, f"request body is {length:,} bytes, over the limit of {limit:,} bytes "
+                                 f"({limit / 2**20:g} MiB)", close=True)
+                return
+            if self._expect_continue:
+                self.send_response_only(100)
+                self.end_headers()
+            body = self.rfile.read(length) if length else b""
+        except BaseException:
+            app._abandon()
+            raise
+        if len(body) != length:
+            app._abandon()
+            self._error(400, f"body ended after {len(body):,} of {length:,} bytes", close=True)
+            return
+        self._run(version, body)
+
+    def _run(self, version: _Version, body: bytes) -> None:
+        app = self.app
+        content_type = self.headers.get("Content-Type")
+        accept = self.headers.get("Accept")
+        if not accept or accept.strip() == "*/*":  # as the toolkit does before calling output_fn
+            accept = JSON_TYPE
+        try:
+            prediction = app._predict(version, body, content_type)
+            result = version.module.output_fn(prediction, accept)
+            payload, reply_type = result if isinstance(result, tuple) else (result, accept)
+            if isinstance(payload, str):
+                payload = payload.encode("utf-8")
+            elif not isinstance(payload, (bytes, bytearray)):
+                payload = json.dumps(payload).encode("utf-8")
+        except Exception as exc:
+            status = version.client_status(exc)
+            if status is None:
+                log.exception("request to model %d failed", version.number)
+                self._error(500, f"internal error: {type(exc).__name__}: {str(exc)[:300]}")
+            else:
+                self._error(status, str(getattr(exc, "message", None) or exc))
+            return
+        app._count(200)
+        self._reply(200, bytes(payload), content_type=str(reply_type))

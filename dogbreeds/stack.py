@@ -1,0 +1,182 @@
+"""The embedded local default: the control plane that runs on Lambda, driving local stand-ins.
+
+``LocalStack(data_dir).start()`` wires, in this process:
+
+- a filesystem bucket (``localaws.s3.LocalS3``) under ``<data_dir>/s3/``, which tells the event bus
+  when a ``/_READY`` marker is written (the EventBridge rule on AWS filters on the same suffix);
+- the Docker-free SageMaker (``localaws.sagemaker.LocalSageMaker``) with its SageMaker Runtime;
+- the event bus (``localaws.eventbus.EventBus``) delivering S3 and SageMaker events, at least
+  once, to the Chalice app's own ``on_bucket_event`` and ``on_sagemaker_event`` handlers;
+- the Chalice app's routes (``/predict``, ``/status``, ``/batch``) on 127.0.0.1;
+- the training code package, built from this checkout and uploaded as on AWS.
+
+The control plane is the unchanged ``chalice_app``: every local run sends the requests AWS would get.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import threading
+from dataclasses import replace
+from pathlib import Path
+from typing import Optional
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT / "chalice_app") not in sys.path:
+    sys.path.insert(0, str(ROOT / "chalice_app"))    # Chalice imports chalicelib as a top-level package
+
+os.environ.setdefault("POWERTOOLS_TRACE_DISABLED", "1")      # no X-Ray daemon on this machine
+os.environ.setdefault("POWERTOOLS_METRICS_DISABLED", "true")  # no CloudWatch either
+os.environ.setdefault("POWERTOOLS_LOG_LEVEL", "WARNING")
+
+from chalicelib.config import FinalTrainingConfig, PipelineConfig, TuningConfig  # noqa: E402
+
+log = logging.getLogger("dogbreeds.stack")
+
+BUCKET = "dogbreeds-local"
+ROLE_ARN = "arn:aws:iam::000000000000:role/dogbreeds-local"
+REGION = "us-east-1"     # nominal: nothing leaves this machine, but the control plane validates a region
+READY_SUFFIX = "/_READY"
+
+
+def local_config(bucket: str = BUCKET, profile: str = "default", **tuning_changes) -> PipelineConfig:
+    """The control plane's configuration locally. ``default`` is the AWS defaults (ImageNet weights,
+    224 px, 6 trials); ``quick`` is sized for this machine's CPU and a generated dataset: weights from
+    scratch, 64 px, full fine-tuning, 3 short trials, 1 at a time per core."""
+    config = PipelineConfig(bucket=bucket, role_arn=ROLE_ARN, region=REGION)
+    if profile == "default":
+        return config
+    if profile != "quick":
+        raise ValueError(f"unknown profile {profile!r}: default or quick")
+    common = {"finetune": "full", "weights": "none", "image-size": 64}
+    tuning = replace(config.tuning, max_training_jobs=3, max_parallel_training_jobs=1,
+                     static_hyperparameters={**common, "epochs": 3, "early-stopping-patience": 2,
+                                             "profile-steps": 0},
+                     **tuning_changes)
+    final = FinalTrainingConfig(static_hyperparameters={**common, "epochs": 10, "early-stopping-patience": 4,
+                                                        "profile-steps": 5})
+    return replace(config, tuning=tuning, final_training=final)
+
+
+class NotifyingS3:
+    """The filesystem bucket, plus S3 -> EventBridge: writing a key ending in ``/_READY`` emits an
+    "Object Created" event with the object's ETag."""
+
+    def __init__(self, s3, emit):
+        self._s3, self._emit = s3, emit
+
+    def __getattr__(self, name):
+        return getattr(self._s3, name)
+
+    def _notify(self, bucket: str, key: str, etag: str) -> None:
+        if key.endswith(READY_SUFFIX):
+            self._emit(object_created_event(bucket, key, etag))
+
+    def put_object(self, **kwargs):
+        response = self._s3.put_object(**kwargs)
+        self._notify(kwargs["Bucket"], kwargs["Key"], response["ETag"])
+        return response
+
+    def copy_object(self, **kwargs):
+        response = self._s3.copy_object(**kwargs)
+        etag = response.get("CopyObjectResult", {}).get("ETag") or self._s3.head_object(
+            Bucket=kwargs["Bucket"], Key=kwargs["Key"])["ETag"]
+        self._notify(kwargs["Bucket"], kwargs["Key"], etag)
+        return response
+
+    def upload_file(self, Filename, Bucket, Key, **kwargs):
+        response = self._s3.upload_file(Filename, Bucket, Key, **kwargs)
+        self._notify(Bucket, Key, self._s3.head_object(Bucket=Bucket, Key=Key)["ETag"])
+        return response
+
+
+def object_created_event(bucket: str, key: str, etag: str) -> dict:
+    """The event S3 sends to EventBridge for a new object (the fields the control plane reads)."""
+    import time
+    import uuid
+    return {"version": "0", "id": str(uuid.uuid4()), "detail-type": "Object Created", "source": "aws.s3",
+            "account": "000000000000", "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "region": REGION, "resources": [f"arn:aws:s3:::{bucket}"],
+            "detail": {"version": "0", "bucket": {"name": bucket},
+                       "object": {"key": key, "etag": etag.strip('"'), "sequencer": f"{time.time_ns():020X}"},
+                       "reason": "PutObject"}}
+
+
+class LocalStack:
+    def __init__(self, data_dir: Path, config: Optional[PipelineConfig] = None, api_port: int = 0,
+                 cores: Optional[int] = None, serve_api: bool = True):
+        self.data_dir = Path(data_dir).resolve()
+        self.config = config or local_config()
+        self.api_port = api_port
+        self.cores = cores
+        self.serve_api = serve_api
+        self.api_url: Optional[str] = None
+        self._api_server = None
+        self._api_thread: Optional[threading.Thread] = None
+
+    def start(self) -> "LocalStack":
+        import app as chalice_app
+        from chalicelib.control import ControlPlane
+        from deploy import package_source
+
+        from .localaws.eventbus import EventBus
+        from .localaws.s3 import LocalS3
+        from .localaws.sagemaker import LocalSageMaker
+        from .localaws.sagemaker_runtime import LocalSageMakerRuntime
+        from .serving import ModelServer
+
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.app_module = chalice_app
+        self.bus = EventBus(self.data_dir / "events", self._deliver)
+        self.raw_s3 = LocalS3(self.data_dir / "s3")
+        self.raw_s3.create_bucket(Bucket=self.config.bucket)
+        self.s3 = NotifyingS3(self.raw_s3, self.bus.emit)
+        self.sagemaker = LocalSageMaker(self.s3, self.data_dir, self.bus.emit, cores=self.cores,
+                                        server_factory=lambda model_dir: ModelServer(model_dir))
+        self.runtime = LocalSageMakerRuntime(self.sagemaker)
+        self.plane = ControlPlane(self.config, self.s3, self.sagemaker, self.runtime)
+        chalice_app.use_control_plane(self.plane)
+        self.source_uri = package_source.upload(self.s3, self.config.bucket, package_source.build(ROOT),
+                                               self.config.layout).uri
+        for note in self.sagemaker.recover():
+            log.warning(note)
+        self.bus.start()
+        if self.serve_api:
+            self._start_api()
+        (self.data_dir / "stack.json").write_text(json.dumps({"pid": os.getpid(), "api_url": self.api_url,
+                                                              "bucket": self.config.bucket}))
+        return self
+
+    def _start_api(self) -> None:
+        from chalice.config import Config
+        from chalice.local import LocalDevServer
+        self._api_server = LocalDevServer(self.app_module.app, Config.create(), "127.0.0.1", self.api_port)
+        host, port = self._api_server.server.server_address[:2]
+        self.api_url = f"http://{host}:{port}"
+        self._api_thread = threading.Thread(target=self._api_server.server.serve_forever, name="api", daemon=True)
+        self._api_thread.start()
+
+    def _deliver(self, event: dict) -> None:
+        from chalice.local import LambdaContext
+        handler = "on_bucket_event" if event.get("source") == "aws.s3" else "on_sagemaker_event"
+        self.app_module.app.handler_map[handler](event, LambdaContext(handler, 512))
+
+    def stop(self) -> None:
+        if self._api_server is not None:
+            self._api_server.shutdown()
+            self._api_server.server.server_close()
+            self._api_thread.join(10)
+            self._api_server = None
+        self.bus.stop()
+        self.sagemaker.close()
+        self.app_module.use_control_plane(None)
+        (self.data_dir / "stack.json").unlink(missing_ok=True)
+
+    def __enter__(self) -> "LocalStack":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

@@ -1,0 +1,122 @@
+"""The whole pipeline on this machine: the unchanged Chalice control plane over the local runtime.
+
+Publishing a generated dataset runs real tuning trials and a real instrumented training run (tiny:
+64 px, one or two epochs), the gate, a local endpoint serving /predict, and a batch transform whose
+predictions.csv lands in the filesystem bucket.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import time
+import urllib.error
+import urllib.request
+from dataclasses import replace
+
+import pytest
+
+from chalicelib.config import QualityGate
+from dogbreeds.stack import LocalStack, local_config
+
+
+def http(method, url, body=None, content_type=None):
+    request = urllib.request.Request(url, data=body, method=method,
+                                     headers={"Content-Type": content_type} if content_type else {})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+def wait_for(check, timeout, what):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_publish_to_predictions_through_the_local_runtime(tmp_path, dataset5):
+    config = local_config(profile="quick")
+    config = replace(config,
+                     tuning=replace(config.tuning, max_training_jobs=2, max_parallel_training_jobs=2,
+                                    random_seed=3,
+                                    static_hyperparameters={**config.tuning.static_hyperparameters, "epochs": 1}),
+                     final_training=replace(config.final_training, static_hyperparameters={
+                         **config.final_training.static_hyperparameters, "epochs": 2}),
+                     gate=QualityGate(accuracy_floor=0.0))
+    with LocalStack(tmp_path / "stack", config=config, cores=2) as stack:
+        status, body = http("POST", f"{stack.api_url}/predict", b"\xff\xd8\xff\xe0", "image/jpeg")
+        assert (status, body["Code"]) == (503, "NoModel")
+
+        for path in sorted(dataset5.rglob("*.jpg")):
+            stack.s3.upload_file(str(path), config.bucket, f"datasets/dogs/{path.relative_to(dataset5)}")
+        stack.s3.put_object(Bucket=config.bucket, Key="datasets/dogs/_READY", Body=b"first publication")
+
+        def served():
+            view = stack.plane.status()
+            run = view["run"] or {}
+            if run.get("training_status") == "Failed" or run.get("tuning_status") in ("Failed", "Invalid"):
+                raise AssertionError(f"the run failed: {json.dumps(run)[:2000]}")
+            return view if (view["endpoint"] or {}).get("status") == "InService" else None
+
+        view = wait_for(served, 400, "the endpoint to serve")
+        run = view["run"]
+        assert run["tuning_status"] == "Completed" and run["training_status"] == "Completed"
+        tuning = stack.sagemaker.describe_hyper_parameter_tuning_job(HyperParameterTuningJobName=run["tuning_job"])
+        trials = stack.sagemaker.list_training_jobs_for_hyper_parameter_tuning_job(
+            HyperParameterTuningJobName=run["tuning_job"])["TrainingJobSummaries"]
+        assert len(trials) == 2 and all(t["TrainingJobStatus"] == "Completed" for t in trials)
+        objectives = {t["TrainingJobName"]: t["FinalHyperParameterTuningJobObjectiveMetric"]["Value"] for t in trials}
+        best = tuning["BestTrainingJob"]
+        assert best["FinalHyperParameterTuningJobObjectiveMetric"]["Value"] == max(objectives.values())
+        assert objectives[best["TrainingJobName"]] == max(objectives.values())
+        # the instrumented run got the best trial's hyperparameters and the final statics
+        final = stack.sagemaker.describe_training_job(TrainingJobName=run["training_job"])
+        for name, value in tuning["BestTrainingJob"]["TunedHyperParameters"].items():
+            assert final["HyperParameters"][name] == value
+        assert json.loads(final["HyperParameters"]["epochs"]) == 2
+        log = (stack.sagemaker.job_dir(run["training_job"]) / "log.txt").read_text()
+        assert log.count(" val_acc=") == 2 and "test_acc=" in log
+        test_acc = {m["MetricName"]: m["Value"] for m in final["FinalMetricDataList"]}["test:accuracy"]
+        assert run["gate"]["deploy"] is True and run["gate"]["candidate_accuracy"] == test_acc
+        assert view["deployed"]["test_acc"] == test_acc
+
+        # /predict over HTTP: real JPEG bytes, the model's own top-k
+        image = sorted((dataset5 / "test").rglob("*.jpg"))[0]
+        status, body = http("POST", f"{stack.api_url}/predict?top_k=3", image.read_bytes(), "image/jpeg")
+        assert status == 200, body
+        classes = sorted(p.name for p in (dataset5 / "train").iterdir())
+        assert len(body["predictions"]) == 3
+        assert all(p["class"] in classes for p in body["predictions"])
+        assert abs(sum(p["probability"] for p in body["predictions"])) <= 1.0 + 1e-6
+        status, body = http("POST", f"{stack.api_url}/predict", b"not an image", "image/png")
+        assert status == 400 and "not an image" in body["Message"]
+
+        # a batch: images in batch/<id>/input/, POST /batch, predictions.csv in the bucket
+        inputs = sorted((dataset5 / "test").rglob("*.jpg"))[:6]
+        for path in inputs:
+            stack.s3.upload_file(str(path), config.bucket, f"batch/b1/input/{path.parent.name}/{path.name}")
+        status, body = http("POST", f"{stack.api_url}/batch", json.dumps({"batch_id": "b1"}).encode(),
+                            "application/json")
+        assert status == 202, body
+
+        def batch_done():
+            _, view = http("GET", f"{stack.api_url}/batch/b1")
+            if view["status"] in ("Failed", "Stopped"):
+                raise AssertionError(f"the batch failed: {view}")
+            return view if view["status"] == "Completed" else None
+
+        view = wait_for(batch_done, 120, "the batch")
+        assert view["predictions_uri"] == f"s3://{config.bucket}/batch/b1/output/predictions.csv"
+        rows = list(csv.DictReader(io.StringIO(stack.s3.get_object(
+            Bucket=config.bucket, Key="batch/b1/output/predictions.csv")["Body"].read().decode())))
+        assert [r["image_key"] for r in rows] == sorted(
+            f"batch/b1/input/{p.parent.name}/{p.name}" for p in inputs)
+        labels = {c.split(".", 1)[-1] for c in classes}
+        assert all(r["top_label"] in labels and r["error"] == "" for r in rows)
