@@ -21,6 +21,8 @@ os.environ.setdefault("POWERTOOLS_METRICS_NAMESPACE", "DogBreeds")
 os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
 
 import boto3  # noqa: E402
+import pytest  # noqa: E402
+from chalice.test import Client  # noqa: E402
 import botocore.session  # noqa: E402
 from moto import mock_aws  # noqa: E402
 from moto.core import DEFAULT_ACCOUNT_ID  # noqa: E402
@@ -246,3 +248,20 @@ class FakeAws:
 
 def b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
+
+
+# --- fixtures (imported by the test modules that use them) ---------------------------------------------
+
+@pytest.fixture
+def aws():
+    """moto with the bucket, the code package pointer and a control plane wired into the app."""
+    with FakeAws() as fake:
+        fake.upload_source_pointer()
+        yield fake
+
+
+@pytest.fixture
+def client():
+    """Chalice's test client over the app: routes and Lambda handlers, stopped after the test."""
+    with Client(chalice_app.app) as test_client:
+        yield test_client

@@ -13,6 +13,7 @@ from chalice.test import Client
 
 from aws_support import (BUCKET, REGION, ROLE_ARN, SOURCE_URI, FakeAws, b64, endpoint_reply, jpeg_bytes,
                          object_created, state_change)
+from aws_support import aws, client  # noqa: F401  (fixtures)
 import app as chalice_app
 from chalicelib import names
 from chalicelib.sagemaker_requests import METRIC_DEFINITIONS
@@ -22,18 +23,6 @@ BEST = {"lr": "0.0042", "weight-decay": "0.012", "eps": "3e-08", "batch-size": "
 LOG_LINES = ("epoch=3 train_loss=0.4123 train_acc=0.8812 val_loss=0.5231 val_acc=0.8431",
              "test_loss=0.5012 test_acc=0.8500")
 
-
-@pytest.fixture
-def aws():
-    with FakeAws() as fake:
-        fake.upload_source_pointer()
-        yield fake
-
-
-@pytest.fixture
-def client():
-    with Client(chalice_app.app) as test_client:
-        yield test_client
 
 
 def deliver(client, event, handler=None):

@@ -34,6 +34,7 @@ from chalice.test import Client
 
 from aws_support import (BUCKET, REGION, FakeAws, b64, endpoint_reply, jpeg_bytes, object_created, png_bytes,
                          state_change)
+from aws_support import aws, client  # noqa: F401  (fixtures)
 from test_control_plane import BEST, DATASET, deliver, post_image
 import app as chalice_app
 from chalicelib import names
@@ -51,18 +52,6 @@ PNG = png_bytes()
 CREATES = ("CreateHyperParameterTuningJob", "CreateTrainingJob", "CreateModel", "CreateEndpointConfig",
            "CreateEndpoint", "CreateTransformJob")
 
-
-@pytest.fixture
-def aws():
-    with FakeAws() as fake:
-        fake.upload_source_pointer()
-        yield fake
-
-
-@pytest.fixture
-def client():
-    with Client(chalice_app.app) as test_client:
-        yield test_client
 
 
 @pytest.fixture
