@@ -29,8 +29,6 @@ if str(ROOT / "chalice_app") not in sys.path:
     sys.path.insert(0, str(ROOT / "chalice_app"))    # Chalice imports chalicelib as a top-level package
 
 os.environ.setdefault("POWERTOOLS_TRACE_DISABLED", "1")      # no X-Ray daemon on this machine
-os.environ.setdefault("POWERTOOLS_METRICS_DISABLED", "true")  # no CloudWatch either
-os.environ.setdefault("POWERTOOLS_LOG_LEVEL", "WARNING")
 
 from chalicelib.config import FinalTrainingConfig, PipelineConfig, TuningConfig  # noqa: E402
 
@@ -139,6 +137,8 @@ class LocalStack:
         self.runtime = LocalSageMakerRuntime(self.sagemaker)
         self.plane = ControlPlane(self.config, self.s3, self.sagemaker, self.runtime)
         chalice_app.use_control_plane(self.plane)
+        self._log_level = chalice_app.logger.log_level
+        chalice_app.logger.setLevel(logging.WARNING)     # the handlers' per-event INFO lines are Lambda's business
         self.source_uri = package_source.upload(self.s3, self.config.bucket, package_source.build(ROOT),
                                                self.config.layout).uri
         for note in self.sagemaker.recover():
@@ -173,6 +173,7 @@ class LocalStack:
         self.bus.stop()
         self.sagemaker.close()
         self.app_module.use_control_plane(None)
+        self.app_module.logger.setLevel(self._log_level)
         (self.data_dir / "stack.json").unlink(missing_ok=True)
 
     def __enter__(self) -> "LocalStack":
