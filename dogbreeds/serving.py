@@ -19,39 +19,55 @@ becomes that status with ``{"message": ...}``; any other exception fails only it
 paths get 404, known paths with the wrong method 405.
 
 Dynamic batching. ``input_fn`` and ``LoadedModel.preprocess`` run in the request's own thread, so
-requests decode in parallel; the preprocessed tensors go into one queue. A single batcher thread
-takes up to ``max_batch_size`` images of the oldest model version in the queue, ``torch.cat``\\ s them
-and runs one ``LoadedModel.probabilities`` forward under ``torch.inference_mode()``; each request
-then gets its rows and calls ``output_fn`` itself. The batcher waits for more images only while
-other requests are being read or decoded right now (an in-flight counter) and never longer than
-``max_wait_ms`` after the oldest queued request: a lone request runs at once, with no window. A
-request with several images (JSON ``"images"``) counts as that many items; one larger than
-``max_batch_size`` runs as a batch of its own. A failed forward fails the requests of that batch only.
-Handler modules without ``LoadedModel.preprocess/probabilities`` and ``InferenceResult`` still work:
-their ``predict_fn`` runs per request in the batcher thread.
+requests decode in parallel (measured against preprocessing in the forward worker: 31 vs 33
+requests/s with 8 clients, 33 vs 29-31 with 32 clients; a wash at 8, better at 32, and it keeps the
+forwards, which other requests wait for, short). The preprocessed tensors go into one queue. A free
+forward worker takes up to ``max_batch_size`` images of the oldest model version in the queue,
+``torch.cat``\\ s them and runs one ``LoadedModel.probabilities`` forward under
+``torch.inference_mode()``; each request then gets its rows and calls ``output_fn`` itself.
+A worker waits for more images only while other requests are being read or decoded right now (an
+in-flight counter) and never longer than ``max_wait_ms`` after the oldest queued request: a lone
+request runs at once, with no window. A request with several images (JSON ``"images"``) counts as
+that many items; one larger than ``max_batch_size`` runs as a batch of its own. A failed forward
+fails the requests of that batch only. Handler modules without ``LoadedModel.preprocess/
+probabilities`` and ``InferenceResult`` still work: their ``predict_fn`` runs per request.
 
 ``swap(model_dir)`` loads the new model completely (its own ``code/inference.py``, under its own
-module name, so two models with different code live side by side), then switches one reference.
-Requests that already started keep the model they started with, through the forward and
+module name, so two models with different code live side by side) and warms it up, then switches one
+reference. Requests that already started keep the model they started with, through the forward and
 ``output_fn``; batches never mix models; nothing is refused during a swap.
 
-Threads (the defaults are chosen from what this process may use: ``os.sched_getaffinity``):
+Threads. Defaults come from the CPUs this process may use (``os.sched_getaffinity``); nothing needs
+tuning. Measured with ``bench/endpoint_throughput.py`` (resnet18, 224 px, 2 cores, torch 2.14):
 
-- Forward: ``torch_threads`` = all usable cores on CPU. Measured on 2 cores at 224 px with resnet18:
-  decode + preprocess of a ~500x400 JPEG costs about 2 ms of one core, the forward about 60 ms of one
-  core per image, so decoding needs about 3% of the CPU. Keeping a core free for it would cost half
-  the forward throughput on 2 cores (16 instead of 30 images/s measured), while 2 torch threads plus
-  a decoding thread on 2 cores oversubscribe: OpenMP threads wait at their barriers for a
-  descheduled peer, which on this machine made forwards several times slower under load. So when
-  the forward uses every core, forward and decoding take turns (``exclusive_forward``): a forward
-  starts once the decodes that already started have finished, and decodes wait while it runs; between
-  forwards up to one decode per core runs in parallel. With ``torch_threads`` below the core count
-  (pass it to leave cores to other work) the two overlap instead and ``cores - torch_threads``
-  decodes run at a time.
-- On CUDA the forward runs on the GPU: the batcher keeps 1 CPU thread and decoding gets every core.
-- Each request thread runs its torch ops (the resize in ``preprocess``) with 1 intra-op thread:
-  parallelism comes from decoding several requests at once, not from splitting one image.
-- HTTP threads (one per connection, ``ThreadingHTTPServer``) mostly wait on sockets and the queue.
+- The forward is the work: about 60 ms of one core per image; ``input_fn`` + ``preprocess`` of a
+  photo-sized JPEG about 4 ms, ``output_fn`` 0.06 ms. Keeping a core free for decoding would halve
+  the forward throughput on 2 cores, so decoding simply shares the cores with the forwards.
+- On CPU the forwards run in ``forward_workers`` = one worker per core, each with 1 torch thread
+  (``torch_threads``), not in one forward with a team of all cores. In four bench runs two
+  single-threaded forwards at once beat one 2-thread forward in 17 of 20 (batch size, run) pairs,
+  e.g. at batch 8: 33-39 against 27-37 images/s, and they never oversubscribe: a team of OpenMP
+  threads waits at every barrier for its slowest member, so 2 torch threads on 2 cores slow down
+  1.5-10x (measured here, depending on the competing load) as soon as anything else (a decoding
+  request, a client, another process) takes a core, while single-threaded workers share the CPU.
+- A lone request (nothing else queued, decoding or running) may instead use a team of all cores
+  (``lone_threads``): about 35 ms instead of 60 ms for a batch-1 forward on an idle machine, but
+  300+ ms instead of 70-100 ms when other processes keep a core busy. The server times both (seeded by the
+  warm-up), uses the faster and re-times the other now and then (every 16th lone request when the
+  two are close, rarer the further apart they are); other work waits while a team forward runs. A
+  lone request on the team runs start to end in its own thread (decode, forward: no hand-off), as a
+  one-at-a-time server would; handing it to a worker whose OpenMP team had gone idle cost 5-15 ms.
+- ``max_batch_size`` defaults to 8 on CPU and 32 on CUDA. On CPU images/s hardly grows past a batch
+  of 4-8 while a bigger batch makes its requests wait longer (32 images on one thread: 2 s at
+  224 px; measured with 32 clients: p99 1.1 s with 8 against 1.9 s with 32, same throughput).
+- ``decode_slots`` = cores: at most one ``input_fn`` + ``preprocess`` per core at a time, each with
+  1 torch thread (the resize in ``preprocess``); parallelism comes from decoding several requests
+  at once, not from splitting one image.
+- On CUDA one worker feeds the GPU with 1 CPU thread; decoding gets every core.
+- Passing ``torch_threads`` and/or ``forward_workers`` fixes the layout (no lone team). If
+  ``torch_threads`` > 1 and the workers' threads fill every core, decoding waits while a forward
+  runs (``exclusive_forward``) instead of oversubscribing it.
+- HTTP threads (one per connection, ``ThreadingHTTPServer``) mostly wait on sockets and events.
 
 ``torch.set_num_threads`` in a thread sets that thread's OpenMP team size and also the default that
 threads starting their first torch op later inherit; ``stop()`` restores the default seen when the
@@ -71,6 +87,7 @@ import json
 import logging
 import os
 import socket
+import socketserver
 import sys
 import threading
 import time
@@ -85,7 +102,7 @@ import torch
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MAX_BATCH_SIZE = 32
+DEFAULT_MAX_BATCH_SIZE = {"cpu": 8, "cuda": 32}  # per device type; see the module docstring
 DEFAULT_MAX_WAIT_MS = 5.0
 DEFAULT_MAX_BODY_BYTES = 6 * 1024 * 1024  # SageMaker realtime endpoints; used if the handlers set none
 JSON_TYPE = "application/json"
@@ -129,28 +146,38 @@ def default_threads(cores: int, device_type: str, torch_threads: int | None = No
 
 
 class _LoneTuner:
-    """Chooses the thread count of a forward that runs while nothing else is in the server.
+    """Chooses how a request that is alone in the server runs: with a team of all cores or one thread.
 
     A team of all cores answers a lone request fastest on an idle machine (resnet18, 224 px, 2 cores:
-    35 ms instead of 60 ms) but is several times slower than one thread when other processes keep a
+    33 ms instead of 55 ms) but is several times slower than one thread when other processes keep a
     core busy (OpenMP threads wait at every barrier for a descheduled peer: 300+ ms instead of 70 ms).
-    So both are timed: an average of seconds per image for each (seeded by the warm-up), the faster
-    one is used, and every ``explore_every``-th lone forward re-measures the other.
+    So both are timed: an average of seconds per image for each (seeded by the warm-up); the faster
+    one is used and the other is re-timed now and then: after ``explore_every`` lone forwards when the
+    two are close, less often the further apart they are (``explore_every * ratio**2``, at most
+    ``max_interval``), which keeps the cost of re-timing under about 2% of the lone latency.
     """
 
-    def __init__(self, explore_every: int = 16, alpha: float = 0.3):
-        self.explore_every, self.alpha = explore_every, alpha
+    def __init__(self, explore_every: int = 16, max_interval: int = 256, alpha: float = 0.3):
+        self.explore_every, self.max_interval, self.alpha = explore_every, max_interval, alpha
         self.seconds_per_image: dict[bool, float | None] = {True: None, False: None}
-        self.count = 0
+        self.since_explored = 0
+
+    def interval(self) -> int:
+        team, single = self.seconds_per_image[True], self.seconds_per_image[False]
+        ratio = max(team, single) / max(min(team, single), 1e-9)
+        return int(min(self.max_interval, max(self.explore_every, round(self.explore_every * ratio ** 2))))
 
     def choose(self) -> bool:
-        """True: use the lone team for this forward."""
-        self.count += 1
+        """True: run this lone request with the team."""
         team, single = self.seconds_per_image[True], self.seconds_per_image[False]
         if team is None or single is None:
             return team is None
         best = team <= single
-        return (not best) if self.count % self.explore_every == 0 else best
+        self.since_explored += 1
+        if self.since_explored >= self.interval():
+            self.since_explored = 0
+            return not best
+        return best
 
     def record(self, team: bool, seconds_per_image: float) -> None:
         old = self.seconds_per_image[team]
@@ -230,22 +257,28 @@ class _HTTPServer(ThreadingHTTPServer):
     request_queue_size = 128     # a burst of clients connecting at once must not hit a 5-deep backlog
     app: "ModelServer"
 
+    def server_bind(self):
+        # HTTPServer.server_bind also resolves the host name (socket.getfqdn): a DNS round trip that
+        # can stall without a network and that nothing here uses.
+        socketserver.TCPServer.server_bind(self)
+        self.server_name, self.server_port = self.server_address[:2]
+
 
 class ModelServer:
     """SageMaker-container-style HTTP server for one model directory, with dynamic batching."""
 
     def __init__(self, model_dir, host: str = "127.0.0.1", port: int = 0,
-                 max_batch_size: int = DEFAULT_MAX_BATCH_SIZE, max_wait_ms: float = DEFAULT_MAX_WAIT_MS,
+                 max_batch_size: int | None = None, max_wait_ms: float = DEFAULT_MAX_WAIT_MS,
                  torch_threads: int | None = None, forward_workers: int | None = None):
-        if max_batch_size < 1:
-            raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
+        if max_batch_size is not None and max_batch_size < 1:
+            raise ValueError(f"max_batch_size must be >= 1 or None, got {max_batch_size}")
         if max_wait_ms < 0:
             raise ValueError(f"max_wait_ms must be >= 0, got {max_wait_ms}")
         for name, value in (("torch_threads", torch_threads), ("forward_workers", forward_workers)):
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
                 raise ValueError(f"{name} must be a positive integer or None, got {value!r}")
         self.host, self._requested_port = host, port
-        self.max_batch_size, self.max_wait_ms = int(max_batch_size), float(max_wait_ms)
+        self._max_batch_size_arg, self.max_wait_ms = max_batch_size, float(max_wait_ms)
         self._lock = threading.Lock()
         self._work = threading.Condition(self._lock)   # forward workers wait here
         self._gate = threading.Condition(self._lock)   # decoders wait here for a slot
@@ -278,6 +311,7 @@ class ModelServer:
         self.lone_threads = plan["lone_threads"]
         self.decode_slots = plan["decode_slots"]
         self.exclusive_forward = plan["exclusive_forward"]
+        self.max_batch_size = int(self._max_batch_size_arg or DEFAULT_MAX_BATCH_SIZE.get(version.device_type, 8))
 
     # ------------------------------------------------------------------------------------- lifecycle
 
@@ -296,8 +330,8 @@ class ModelServer:
 
     def _warm_up(self, version: _Version, seed_tuner: bool) -> None:
         """Run the new model once per thread count it will see, so the first request pays no set-up
-        (oneDNN primitives, allocator); times the second run to seed the lone-forward choice. Runs in
-        a thread of its own: set_num_threads must not touch the caller's thread."""
+        (oneDNN primitives, allocator); on first load the best of two more runs seeds the lone-forward
+        choice. Runs in a thread of its own: set_num_threads must not touch the caller's thread."""
         size = getattr(version.model, "image_size", None)
         if not version.batchable or not isinstance(size, int):
             return
@@ -310,12 +344,15 @@ class ModelServer:
                     if threads is None:
                         continue
                     torch.set_num_threads(threads)
+                    timings = []
                     with torch.inference_mode():
                         version.model.probabilities(batch)
-                        started = time.perf_counter()
-                        version.model.probabilities(batch)
-                    if seed_tuner and self.lone_threads is not None:
-                        self._tuner.record(team, time.perf_counter() - started)
+                        for _ in range(2 if seed_tuner and self.lone_threads is not None else 0):
+                            started = time.perf_counter()
+                            version.model.probabilities(batch)
+                            timings.append(time.perf_counter() - started)
+                    if timings:
+                        self._tuner.record(team, min(timings))
             except Exception:  # a model that cannot run a blank image fails on real requests too
                 log.warning("warm-up of model %d failed", version.number, exc_info=True)
 
@@ -488,6 +525,8 @@ class ModelServer:
 
     def _predict(self, version: _Version, body: bytes, content_type):
         """Decode, wait for the forward, return the handlers' prediction object."""
+        if self._claim_team(version):
+            return self._predict_alone(version, body, content_type)
         try:
             data, batch = self._decode(version, body, content_type)
         except BaseException:
@@ -505,26 +544,79 @@ class ModelServer:
             probabilities=pending.rows, classes=model.classes, labels=model.labels,
             top_k=getattr(data, "top_k", None), is_list=getattr(data, "is_list", False))
 
+    def _claim_team(self, version: _Version) -> bool:
+        """True if this request is alone in the server and the lone team is (measured) faster: it then
+        holds every core until it has its answer; decoders and workers wait."""
+        if not (self.lone_threads and version.batchable):
+            return False
+        with self._lock:
+            if (self._in_flight != 1 or self._decoding or self._busy_workers or self._queue
+                    or self._team_running or self._exclusive):
+                return False
+            if not self._tuner.choose():
+                return False  # the usual path; its worker times it as a lone single-thread forward
+            self._team_running = True
+            self._exclusive += 1
+            return True
+
+    def _predict_alone(self, version: _Version, body: bytes, content_type):
+        """A lone request start to end in this thread with the lone team: decode, preprocess, forward,
+        with no hand-off, as a one-request-at-a-time server does (measured: a hand-off to a worker
+        whose OpenMP team had gone idle cost 5-15 ms per request on this 2-vCPU machine)."""
+        started = size = None
+        failed = True
+        try:
+            torch.set_num_threads(self.lone_threads)
+            data = version.module.input_fn(body, content_type)
+            batch = version.model.preprocess(list(data.images))
+            size = int(batch.shape[0])
+            started = time.perf_counter()
+            try:
+                with torch.inference_mode():
+                    rows = version.model.probabilities(batch)
+            except Exception:
+                log.exception("forward of a lone request on model %d failed", version.number)
+                raise
+            failed = False
+        finally:
+            seconds = time.perf_counter() - started if started is not None else 0.0
+            torch.set_num_threads(1)
+            with self._lock:
+                self._in_flight -= 1
+                self._team_running = False
+                self._exclusive -= 1
+                if started is not None:
+                    stats = self._stats
+                    stats["forwards"] += 1
+                    stats["lone_team_forwards"] += 1
+                    stats["forward_failures"] += failed
+                    stats["forward_seconds"] += seconds
+                    stats["batch_sizes"][size] += 1
+                    if not failed:
+                        stats["images"] += size
+                        self._tuner.record(True, seconds / size)
+                self._gate.notify_all()
+                self._work.notify_all()
+        model = version.model
+        return version.module.InferenceResult(
+            probabilities=rows, classes=model.classes, labels=model.labels,
+            top_k=getattr(data, "top_k", None), is_list=getattr(data, "is_list", False))
+
     # ------------------------------------------------------------------------------- forward workers
 
     def _worker_loop(self) -> None:
-        threads_now = self.torch_threads
-        torch.set_num_threads(threads_now)
+        torch.set_num_threads(self.torch_threads)
         while True:
             with self._lock:
-                items, team = self._next_batch()
+                items, lone = self._next_batch()
                 if items is None:
                     return
-                threads = self.lone_threads if team else self.torch_threads
-                exclusive = team or self.exclusive_forward
+                exclusive = self.exclusive_forward
                 if exclusive:  # decoding waits; the decodes already running finish first
                     self._exclusive += 1
                     while self._decoding:
                         self._work.wait()
                 self._busy_workers += 1
-            if threads != threads_now:
-                torch.set_num_threads(threads)
-                threads_now = threads
             started, failed = time.perf_counter(), True
             try:
                 failed = self._forward(items)
@@ -535,16 +627,13 @@ class ModelServer:
                     self._busy_workers -= 1
                     if exclusive:
                         self._exclusive -= 1
-                    if team:
-                        self._team_running = False
-                    if team is not None and not failed:
-                        self._tuner.record(team, seconds / size)
+                    if lone and not failed:  # timed for the lone-request choice
+                        self._tuner.record(False, seconds / size)
                     stats = self._stats
                     stats["forwards"] += 1
                     stats["forward_failures"] += failed
                     stats["forward_seconds"] += seconds
                     stats["batch_sizes"][size] += 1
-                    stats["lone_team_forwards"] += bool(team)
                     if not failed:
                         stats["images"] += size
                     self._gate.notify_all()
@@ -553,15 +642,14 @@ class ModelServer:
                     item.done.set()
 
     def _next_batch(self):
-        """Under the lock: wait for work, gather a batch, decide whether it runs as a lone forward.
-
-        Returns (items, team): team is None for a normal forward, True/False for a lone forward with
-        the lone team / the usual threads; (None, None) once stopped and drained."""
+        """Under the lock: wait for work and gather a batch. Returns (items, lone): lone is True when
+        nothing else is in the server (its timing feeds the lone-request choice); (None, False) once
+        stopped and drained."""
         while True:
-            while (not self._queue or self._team_running) and not self._stop_workers:
+            while not self._queue or self._team_running:
+                if self._stop_workers and not self._queue:
+                    return None, False
                 self._work.wait()
-            if not self._queue:
-                return None, None
             first = self._queue[0]
             if first.version.batchable:
                 deadline = first.enqueued + self.max_wait_ms / 1000
@@ -575,12 +663,9 @@ class ModelServer:
                 if not self._queue or self._queue[0] is not first or self._team_running:
                     continue  # another worker took it meanwhile
             items = self._take(first.version)
-            team = None
-            if (self.lone_threads and self._busy_workers == 0 and not self._queue
-                    and self._in_flight == 0 and first.version.batchable):
-                team = self._tuner.choose()
-                self._team_running = team
-            return items, team
+            lone = bool(self.lone_threads and self._busy_workers == 0 and not self._queue
+                        and self._in_flight == 0 and len(items) == 1)
+            return items, lone
 
     def _queued_images(self, version: _Version) -> int:
         return sum(p.size for p in self._queue if p.version is version)

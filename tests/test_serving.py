@@ -572,17 +572,20 @@ def test_thread_plan():
                                "decode_slots": 8, "exclusive_forward": False}
 
 
-def test_lone_tuner_uses_the_faster_team_and_re_measures_the_other():
-    tuner = serving._LoneTuner(explore_every=4)
-    assert tuner.choose() is True           # nothing measured: try the team
+def test_lone_tuner_uses_the_faster_way_and_re_times_the_other():
+    tuner = serving._LoneTuner(explore_every=4, max_interval=64)
+    assert tuner.choose() is True           # nothing timed: try the team
     tuner.record(True, 0.300)               # the team is slow (a busy machine)
     assert tuner.choose() is False          # now try one thread
     tuner.record(False, 0.070)
-    picks = [tuner.choose() for _ in range(8)]
-    assert picks.count(True) == 2 and picks.count(False) == 6  # the team only every 4th, to re-measure
-    for _ in range(12):                     # the machine got quiet: the team measures faster
-        tuner.record(True, 0.035)
-    assert [tuner.choose() for _ in range(4)].count(True) == 3
+    assert tuner.interval() == 64           # 4 * (0.3 / 0.07) ** 2 = 73, capped: re-time the team rarely
+    picks = [tuner.choose() for _ in range(128)]
+    assert picks.count(True) == 2 and picks[63] is True and picks[127] is True
+    for _ in range(12):                     # the machine got quiet: the team times faster, and close
+        tuner.record(True, 0.060)
+    assert tuner.seconds_per_image[True] < 0.070 and tuner.interval() == 5  # 4 * (0.07 / 0.06) ** 2
+    picks = [tuner.choose() for _ in range(10)]
+    assert picks.count(True) == 8 and picks.count(False) == 2
 
 
 def test_default_threads_and_the_start_log(model_a, images, caplog):
@@ -593,10 +596,16 @@ def test_default_threads_and_the_start_log(model_a, images, caplog):
         assert srv.host == "127.0.0.1"
         for _ in range(3):
             assert invoke(srv, body, content_type)[0] == 200
+        # a lone request that fails (on either lone path) leaves nothing held: the next one is served
+        status, _, doc = invoke(srv, b"garbage", "image/jpeg")
+        assert status == 400 and "not an image" in doc["message"]
+        started = time.perf_counter()
+        assert invoke(srv, body, content_type)[0] == 200
+        assert time.perf_counter() - started < 0.4  # not 500 ms: no window for a lone request
         stats = srv.stats()
     assert stats["forward_workers"] == cores and stats["torch_threads"] == 1
     assert stats["lone_threads"] == (cores if cores > 1 else None)
-    assert stats["batch_sizes"] == {"1": 3}  # lone requests: no window
+    assert stats["batch_sizes"] == {"1": 4}  # lone requests: no window
     if cores > 1:  # the warm-up timed both thread counts for lone requests
         assert stats["lone_ms_per_image"]["team"] > 0 and stats["lone_ms_per_image"]["single"] > 0
     assert f"{cores} usable cores; {cores} forward worker(s)" in caplog.text
