@@ -39,7 +39,7 @@ from typing import Callable, List, Optional, Tuple
 from deploy import REPO_ROOT
 
 from chalicelib.config import BucketLayout  # noqa: E402  (deploy puts chalice_app on sys.path)
-from chalicelib.control import SOURCE_POINTER, error_code  # noqa: E402
+from chalicelib.control import SOURCE_POINTER, error_code, not_found, read_json_object  # noqa: E402
 from chalicelib.sagemaker_requests import source_package_uri  # noqa: E402
 
 SOURCE_DIRS = ("training", "model_code")
@@ -47,7 +47,6 @@ DIGEST_PREFIX = 16                      # hex digits of the SHA-256 in the key
 SKIPPED_DIRS = frozenset({"__pycache__"})
 SKIPPED_SUFFIXES = (".pyc", ".pyo")
 CONTENT_TYPE = "application/gzip"
-_MISSING = ("404", "NoSuchKey", "NotFound")
 
 # source_package_uri reads only the bucket and the layout of a configuration: no role or region is
 # needed to name a package.
@@ -136,33 +135,15 @@ class Upload:
     pointer_written: bool
 
 
-def _missing(exc: Exception) -> bool:
-    return error_code(exc) in _MISSING
-
-
 def _head_size(s3, bucket: str, key: str) -> Optional[int]:
     """The object's size, or None when there is no such object."""
     try:
         response = s3.head_object(Bucket=bucket, Key=key)
     except Exception as exc:
-        if _missing(exc):
+        if not_found(exc):
             return None
         raise
     return int(response.get("ContentLength", -1))
-
-
-def _read_pointer(s3, bucket: str, key: str) -> Optional[dict]:
-    try:
-        response = s3.get_object(Bucket=bucket, Key=key)
-    except Exception as exc:
-        if _missing(exc):
-            return None
-        raise
-    try:
-        pointer = json.loads(response["Body"].read().decode("utf-8"))
-    except ValueError:
-        return None                         # unreadable: write a good one over it
-    return pointer if isinstance(pointer, dict) else None
 
 
 def _now() -> str:
@@ -183,7 +164,7 @@ def upload(s3, bucket: str, package: SourcePackage, layout: BucketLayout = Bucke
         s3.put_object(Bucket=bucket, Key=key, Body=package.data, ContentType=CONTENT_TYPE)
 
     pointer_key = layout.code + SOURCE_POINTER
-    current = _read_pointer(s3, bucket, pointer_key)
+    current = read_json_object(s3, bucket, pointer_key)   # None when missing or unreadable: write a good one
     if current is not None and current.get("uri") == uri and current.get("digest") == package.digest:
         return Upload(uri, pointer_key, current, uploaded, False)
     pointer = {"uri": uri, "digest": package.digest, "files": len(package.files), "bytes": package.size,

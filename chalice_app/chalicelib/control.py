@@ -84,10 +84,26 @@ def _connection_failure(exc: Exception) -> bool:
     return isinstance(exc, (BotocoreConnectionError, HTTPClientError))
 
 
-def _not_found(exc: Exception) -> bool:
+def not_found(exc: Exception) -> bool:
+    """The error says the object or resource does not exist (S3 get/head, SageMaker describe)."""
     code, message = error_code(exc), error_message(exc).lower()
-    return code in ("NoSuchKey", "404", "ResourceNotFound") or (
+    return code in ("NoSuchKey", "404", "NotFound", "ResourceNotFound") or (
         code == "ValidationException" and ("could not find" in message or "not found" in message))
+
+
+def read_json_object(s3, bucket: str, key: str) -> Optional[dict]:
+    """The JSON object stored at ``key``; None when there is no such object or it is not a JSON object."""
+    try:
+        response = s3.get_object(Bucket=bucket, Key=key)
+    except Exception as exc:
+        if not_found(exc):
+            return None
+        raise
+    try:
+        document = json.loads(response["Body"].read().decode("utf-8"))
+    except ValueError:                  # includes UnicodeDecodeError
+        return None
+    return document if isinstance(document, dict) else None
 
 
 class StateStore:
@@ -100,7 +116,7 @@ class StateStore:
         try:
             response = self.s3.get_object(Bucket=self.bucket, Key=self.key)
         except Exception as exc:
-            if _not_found(exc):
+            if not_found(exc):
                 return PipelineState(), None
             raise
         return PipelineState.from_json(response["Body"].read().decode("utf-8")), response["ETag"]
@@ -219,18 +235,10 @@ class ControlPlane:
         return objects
 
     def source_uri(self) -> Optional[str]:
-        """The current training code package, from ``code/current.json``; None when not uploaded."""
-        try:
-            response = self.s3.get_object(Bucket=self.config.bucket,
-                                          Key=self.config.layout.code + SOURCE_POINTER)
-        except Exception as exc:
-            if _not_found(exc):
-                return None
-            raise
-        try:
-            uri = json.loads(response["Body"].read().decode("utf-8")).get("uri")
-        except (ValueError, AttributeError):    # unreadable: the run is refused with the upload advice
-            return None
+        """The current training code package, from ``code/current.json``; None when it is missing or
+        unreadable (the run is then refused with the upload advice)."""
+        pointer = read_json_object(self.s3, self.config.bucket, self.config.layout.code + SOURCE_POINTER)
+        uri = (pointer or {}).get("uri")
         return uri if isinstance(uri, str) and uri.startswith("s3://") else None
 
     def _best_hyperparameters(self, tuning_job: str) -> Dict[str, str]:
@@ -286,7 +294,7 @@ class ControlPlane:
         try:
             current = self.sagemaker.describe_endpoint(EndpointName=endpoint)
         except Exception as exc:
-            if not _not_found(exc):
+            if not not_found(exc):
                 raise
             self._create("create_endpoint", requests.create_endpoint(config, action.dataset, action.marker),
                          "endpoint")
