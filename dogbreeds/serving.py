@@ -586,14 +586,8 @@ class ModelServer:
                 self._team_running = False
                 self._exclusive -= 1
                 if started is not None:
-                    stats = self._stats
-                    stats["forwards"] += 1
-                    stats["lone_team_forwards"] += 1
-                    stats["forward_failures"] += failed
-                    stats["forward_seconds"] += seconds
-                    stats["batch_sizes"][size] += 1
+                    self._count_forward(size, seconds, failed, lone_team=True)
                     if not failed:
-                        stats["images"] += size
                         self._tuner.record(True, seconds / size)
                 self._gate.notify_all()
                 self._work.notify_all()
@@ -601,6 +595,17 @@ class ModelServer:
         return version.module.InferenceResult(
             probabilities=rows, classes=model.classes, labels=model.labels,
             top_k=getattr(data, "top_k", None), is_list=getattr(data, "is_list", False))
+
+    def _count_forward(self, size: int, seconds: float, failed: bool, lone_team: bool = False) -> None:
+        """Account one forward in ``stats()``; the caller holds the lock."""
+        stats = self._stats
+        stats["forwards"] += 1
+        stats["lone_team_forwards"] += lone_team
+        stats["forward_failures"] += failed
+        stats["forward_seconds"] += seconds
+        stats["batch_sizes"][size] += 1
+        if not failed:
+            stats["images"] += size
 
     # ------------------------------------------------------------------------------- forward workers
 
@@ -629,13 +634,7 @@ class ModelServer:
                         self._exclusive -= 1
                     if lone and not failed:  # timed for the lone-request choice
                         self._tuner.record(False, seconds / size)
-                    stats = self._stats
-                    stats["forwards"] += 1
-                    stats["forward_failures"] += failed
-                    stats["forward_seconds"] += seconds
-                    stats["batch_sizes"][size] += 1
-                    if not failed:
-                        stats["images"] += size
+                    self._count_forward(size, seconds, failed)
                     self._gate.notify_all()
                     self._work.notify_all()
                 for item in items:
