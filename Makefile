@@ -2,14 +2,16 @@
 # Both create .venv from the pinned requirements on first use (pip, not uv: torch comes from local disk).
 PYTHON ?= python3
 VENV   := .venv
-REQS   := $(wildcard requirements/*.txt)
+REQS   := $(wildcard requirements/*.txt) pyproject.toml
 STAMP  := $(VENV)/.installed-$(shell cat $(REQS) | sha1sum | cut -c1-12)
 
 .PHONY: setup demo test bench
 
+# The project itself goes in editable (the `dogbreeds` command), with the venv's own setuptools: no download.
 $(STAMP): $(REQS)
 	@test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install --quiet --disable-pip-version-check -r requirements/dev.txt
+	$(VENV)/bin/python -m pip install --quiet --disable-pip-version-check --no-build-isolation --no-deps -e .
 	@rm -f $(VENV)/.installed-* && touch $@
 
 setup: $(STAMP)

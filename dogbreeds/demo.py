@@ -1,112 +1,122 @@
-"""The main job on the local default: generate labelled images, train, classify held-out images.
+"""The main job on the embedded local default: the whole pipeline on generated images, one command.
 
-    python -m dogbreeds.demo [--classes 6] [--epochs 8] [--workdir runs/demo]
+    python -m dogbreeds.demo [--workdir runs/demo] [--classes 6] [--train-per-class 40]
 
-It runs ``training/train.py`` exactly as SageMaker's training toolkit would (a subprocess with the
-``SM_*`` environment and JSON-encoded ``--name value`` hyperparameters), packs the model directory as
-``model.tar.gz``, loads ``code/inference.py`` from the extracted archive, and prints the top breeds for
-a few test images.
+1. generates a labelled ImageFolder (train/valid/test, one folder per breed);
+2. starts the local stack: the unchanged Chalice control plane over the filesystem bucket, the
+   Docker-free SageMaker, the event bus and the API on 127.0.0.1;
+3. publishes the dataset exactly as ``dogbreeds publish`` does (copy, then the ``_READY`` marker)
+   and follows what the control plane does with it: a tuning job (3 trials, Bayesian), the
+   instrumented training run with the best trial's hyperparameters, the quality gate, the endpoint;
+4. classifies held-out images through ``POST /predict``;
+5. runs a batch transform over the test folder and reads its ``predictions.csv``;
+6. unpacks the training report; then stops the stack and says where everything is.
+
+The stack's data stays in ``<workdir>/stack``: ``dogbreeds up --data-dir <workdir>/stack`` brings the
+endpoint back, and ``dogbreeds status|logs|predict|batch|report --data-dir <workdir>/stack`` work on it.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
-import json
+import csv
 import os
 import shutil
-import subprocess
 import sys
-import tarfile
 import time
 from pathlib import Path
 
+from dogbreeds import cli, progress
+from dogbreeds.stack import ROOT, LocalStack, local_config
 from dogbreeds.synthetic import generate_dataset
 
-ROOT = Path(__file__).resolve().parent.parent
+
+def say(line: str) -> None:
+    print(line, flush=True)
 
 
-def train_like_sagemaker(data: Path, workdir: Path, hyperparameters: dict) -> Path:
-    """Run train.py under the script-mode contract, streaming its log; return the model directory."""
-    model_dir, output_dir = workdir / "model", workdir / "output"
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "KINETO_LOG_LEVEL": "5",
-           "SM_MODEL_DIR": str(model_dir), "SM_OUTPUT_DATA_DIR": str(output_dir), "SM_OUTPUT_DIR": str(workdir),
-           "SM_HPS": json.dumps(hyperparameters), "SM_CHANNELS": json.dumps(["test", "train", "valid"]),
-           "SM_NUM_CPUS": str(os.cpu_count() or 1), "SM_NUM_GPUS": "0"}
-    env.update({f"SM_CHANNEL_{split.upper()}": str(data / split) for split in ("train", "valid", "test")})
-    argv = [arg for name, value in hyperparameters.items() for arg in (f"--{name}", json.dumps(value))]
-    proc = subprocess.Popen([sys.executable, str(ROOT / "training" / "train.py"), *argv], env=env, cwd=workdir,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    for line in proc.stdout:
-        if line.startswith(("epoch=", "test_")) or " WARNING " in line or " ERROR " in line or "INFO train:" in line:
-            print("   |", line.rstrip().split(" train: ")[-1])
-    if proc.wait():
-        raise SystemExit(f"training failed (exit {proc.returncode}); see {workdir}")
-    return model_dir
-
-
-def load_packaged_handlers(model_dir: Path, workdir: Path):
-    """tar czf model.tar.gz -C model_dir . ; extract elsewhere; import code/inference.py from there."""
-    archive = workdir / "model.tar.gz"
-    with tarfile.open(archive, "w:gz") as tar:
-        for item in sorted(model_dir.iterdir()):
-            tar.add(item, arcname=item.name)
-    served = workdir / "served"
-    shutil.rmtree(served, ignore_errors=True)
-    with tarfile.open(archive) as tar:
-        tar.extractall(served, filter="data")
-    spec = importlib.util.spec_from_file_location("inference", served / "code" / "inference.py")
-    handlers = importlib.util.module_from_spec(spec)
-    sys.modules["inference"] = handlers
-    spec.loader.exec_module(handlers)
-    return handlers, handlers.model_fn(str(served)), archive
+def batch_accuracy(csv_path: Path) -> tuple:
+    """(right, rows) of ``predictions.csv`` whose image sits in a ``<n>.<breed>`` folder named after its label."""
+    right = total = 0
+    with open(csv_path, newline="") as handle:
+        for row in csv.DictReader(handle):
+            truth = row["image_key"].split("/")[-2].split(".", 1)[-1]
+            total += 1
+            right += row["top_label"] == truth
+    return right, total
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser = argparse.ArgumentParser(prog="dogbreeds demo", description=__doc__.split("\n", 1)[0])
     parser.add_argument("--workdir", type=Path, default=ROOT / "runs" / "demo")
     parser.add_argument("--classes", type=int, default=6)
     parser.add_argument("--train-per-class", type=int, default=40)
-    parser.add_argument("--epochs", type=int, default=12)
-    parser.add_argument("--show", type=int, default=6, help="how many test images to classify")
+    parser.add_argument("--show", type=int, default=6, help="how many test images to classify through /predict")
+    parser.add_argument("--seed", type=int, default=0, help="the tuner's seed (the trainer's is 0)")
+    parser.add_argument("--timeout", type=float, default=1500, help="seconds to wait for the deployment")
     args = parser.parse_args(argv)
+    os.environ.setdefault("POWERTOOLS_METRICS_DISABLED", "true")   # EMF lines are CloudWatch's, not a terminal's
     started = time.monotonic()
     shutil.rmtree(args.workdir, ignore_errors=True)  # a fresh run, not a resume of the last demo
     args.workdir.mkdir(parents=True)
 
     data = args.workdir / "data"
-    print(f"1/3 generating {args.classes} classes of labelled images into {data}")
+    say(f"1/6 generating {args.classes} breeds of labelled images into {data}")
     summary = generate_dataset(data, num_classes=args.classes, train_per_class=args.train_per_class,
                                valid_per_class=10, test_per_class=10, seed=0, min_side=64, max_side=160)
-    print(f"   | {summary['images']} JPEG images in {summary['seconds']:.1f}s")
+    say(f"    {summary['images']} JPEG images in {summary['seconds']:.1f}s")
 
-    hyperparameters = {"arch": "resnet18", "epochs": args.epochs, "batch-size": 32, "lr": 0.003,
-                       "finetune": "full", "augment": "flip", "weights": "none", "image-size": 64,
-                       "early-stopping-patience": 0, "seed": 0}
-    print("2/3 training resnet18 under the SageMaker script-mode contract (weights=none: no internet here)")
-    model_dir = train_like_sagemaker(data, args.workdir, hyperparameters)
+    say("2/6 starting the local stack: filesystem bucket, SageMaker without Docker, event bus, API")
+    stack = LocalStack(args.workdir / "stack", config=local_config(profile="quick", random_seed=args.seed)).start()
+    stack.app_module.logger.setLevel("ERROR")        # the progress lines below say what its warnings say
+    try:
+        home = cli.Home(stack.data_dir)
+        say(f"    API {stack.api_url}, bucket {stack.raw_s3.prefix_path(stack.config.bucket, '')}")
 
-    print("3/3 serving held-out test images through code/inference.py from model.tar.gz")
-    handlers, model, archive = load_packaged_handlers(model_dir, args.workdir)
-    images = sorted((data / "test").rglob("*.jpg"))[:: max(1, len(list((data / "test").rglob("*.jpg"))) // args.show)]
-    right = 0
-    for path in images[: args.show]:
-        request = handlers.input_fn(path.read_bytes(), "image/jpeg")
-        body, _ = handlers.output_fn(handlers.predict_fn(request, model), "application/json; top_k=3")
-        top = json.loads(body)["predictions"]
-        truth = path.parent.name
-        right += top[0]["class"] == truth
-        guesses = ", ".join(f"{p['label']} {p['probability']:.0%}" for p in top)
-        print(f"   | {'ok ' if top[0]['class'] == truth else 'MISS'} {path.name:<34} true {truth.split('.', 1)[1]:<22} top-3: {guesses}")
+        say("3/6 publishing the dataset; the control plane tunes, trains, gates and deploys (profile quick: "
+            "3 trials of 3 epochs, then 10 epochs; weights=none, 64 px)")
+        run_key = cli.publish_dataset(home, data, "dogs", say=lambda line: say("    " + line))
+        if cli.follow_run(home, run_key, timeout=args.timeout, say=lambda line: say("    " + line)) != 0:
+            say(f"the run did not deploy: `dogbreeds status --data-dir {stack.data_dir}` and "
+                f"`dogbreeds logs --data-dir {stack.data_dir}` say why")
+            return 1
+        run = home.state()["runs"][run_key]
 
-    metrics = json.loads((model_dir / "model.json").read_text())["metrics"]
-    diagnostics = json.loads((args.workdir / "output" / "diagnostics.json").read_text())
-    print(f"\ndone in {time.monotonic() - started:.0f}s: test accuracy {metrics['test_acc']:.1%} "
-          f"(chance {1 / args.classes:.0%}), {right}/{min(len(images), args.show)} shown images right")
-    print(f"   rules with issues: {', '.join(diagnostics['issues_found']) or 'none'}")
-    print(f"   report:   {args.workdir / 'output' / 'report.html'}")
-    print(f"   model:    {archive}")
-    print(f"   log data: {args.workdir / 'output' / 'metrics.jsonl'}")
+        say(f"4/6 classifying held-out images through POST {stack.api_url}/predict")
+        tests = sorted((data / "test").rglob("*.jpg"))
+        shown = tests[:: max(1, len(tests) // args.show)][: args.show]
+        right = 0
+        for path in shown:
+            top = cli.predict_file(home, path, top_k=3)
+            truth = path.parent.name.split(".", 1)[1]
+            right += top[0]["label"] == truth
+            guesses = ", ".join(f"{p['label']} {p['probability']:.0%}" for p in top)
+            say(f"    {'ok  ' if top[0]['label'] == truth else 'MISS'} {path.name:<32} top-3: {guesses}")
+
+        say("5/6 batch transform over the test folder")
+        predictions = cli.run_batch(home, data / "test", "demo-test", say=lambda line: say("    " + line))
+        batch_right, batch_total = batch_accuracy(predictions)
+
+        say("6/6 the instrumented run's report")
+        report = cli.extract_report(home, run["training_job"])
+        model = stack.sagemaker.describe_training_job(TrainingJobName=run["training_job"])
+        archive = stack.raw_s3.path_of(*model["ModelArtifacts"]["S3ModelArtifacts"][5:].split("/", 1))
+    finally:
+        say("    stopping the local stack")
+        stack.stop()
+
+    metrics = run["metrics"]
+    best = {k: v for k, v in run["best_hyperparameters"].items() if not k.startswith(("sagemaker_", "_"))}
+    say(f"\ndone in {time.monotonic() - started:.0f}s: test accuracy {metrics.get('test:accuracy', float('nan')):.1%} "
+        f"(chance {1 / args.classes:.0%}); /predict {right}/{len(shown)} right; batch {batch_right}/{batch_total} "
+        f"right")
+    say(f"   best trial's hyperparameters: {progress.format_hyperparameters(best)}")
+    say(f"   report:      {report}")
+    say(f"   model:       {archive}")
+    say(f"   predictions: {predictions}")
+    say(f"   job logs:    {stack.data_dir / 'jobs'}")
+    say(f"   again:       .venv/bin/python -m dogbreeds up --data-dir {stack.data_dir}   (then status, predict, "
+        f"batch, report, logs)")
     return 0
 
 

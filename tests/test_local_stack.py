@@ -15,9 +15,8 @@ import urllib.error
 import urllib.request
 from dataclasses import replace
 
-import pytest
-
 from chalicelib.config import QualityGate
+from dogbreeds import cli
 from dogbreeds.stack import LocalStack, local_config
 
 
@@ -41,7 +40,7 @@ def wait_for(check, timeout, what):
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def test_publish_to_predictions_through_the_local_runtime(tmp_path, dataset5):
+def test_publish_to_predictions_through_the_local_runtime(tmp_path, dataset5, capsys):
     config = local_config(profile="quick")
     config = replace(config,
                      tuning=replace(config.tuning, max_training_jobs=2, max_parallel_training_jobs=2,
@@ -120,3 +119,39 @@ def test_publish_to_predictions_through_the_local_runtime(tmp_path, dataset5):
             f"batch/b1/input/{p.parent.name}/{p.name}" for p in inputs)
         labels = {c.split(".", 1)[-1] for c in classes}
         assert all(r["top_label"] in labels and r["error"] == "" for r in rows)
+
+        # the `dogbreeds` command against the same running stack, as a user in another terminal uses it
+        home = ["--data-dir", str(stack.data_dir)]
+        assert cli.main(["status", *home]) == 0
+        out = capsys.readouterr().out
+        assert f"stack     running, API {stack.api_url}" in out
+        assert f"run       tuning Completed, training Completed, test accuracy {test_acc:.4f}" in out
+        assert f"endpoint  dogbreeds InService at {stack.sagemaker.endpoint_url('dogbreeds')}" in out
+        assert len([line for line in out.splitlines() if " trial " in f" {line} "]) == 2
+
+        assert cli.main(["logs", run["training_job"], *home]) == 0
+        assert capsys.readouterr().out == log
+
+        assert cli.main(["predict", str(image), str(dataset5 / "train"), "--top-k", "2", *home]) == 1
+        captured = capsys.readouterr()
+        shown = captured.out.strip().split(": ", 1)[1].split(", ")
+        assert len(shown) == 2 and all(s.rsplit(" ", 1)[0] in labels for s in shown)
+        assert f"{dataset5 / 'train'}: no such file" in captured.err
+
+        folder = tmp_path / "to-classify"
+        folder.mkdir()
+        for path in inputs[:3]:
+            (folder / path.name).write_bytes(path.read_bytes())
+        (folder / "notes.txt").write_text("not an image: left out")
+        assert cli.main(["batch", str(folder), "--id", "cli1", *home]) == 0
+        out = capsys.readouterr().out
+        written = stack.raw_s3.path_of(config.bucket, "batch/cli1/output/predictions.csv")
+        assert f"predictions: {written}" in out and "classified 3/3" in out
+        assert [row["image_key"] for row in csv.DictReader(io.StringIO(written.read_text()))] == sorted(
+            f"batch/cli1/input/{p.name}" for p in inputs[:3])
+
+        assert cli.main(["report", *home]) == 0
+        out = capsys.readouterr().out
+        report = stack.data_dir / "reports" / run["training_job"] / "report.html"
+        assert f"report: {report}" in out
+        assert f"<title>Training report: {run['training_job']}</title>" in report.read_text()

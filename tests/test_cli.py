@@ -1,0 +1,202 @@
+"""The ``dogbreeds`` command: publishing into the bucket and the event spool, refusing what is not a
+dataset, and ``dogbreeds up`` killed mid-training and started again.
+
+The commands against a running stack (status, logs, predict, batch, report) are exercised at the end
+of ``test_local_stack.py``'s end-to-end run, on its trained model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from dogbreeds import cli
+from dogbreeds.localaws.s3 import LocalS3
+from dogbreeds.stack import BUCKET, ROOT
+
+
+def pending_events(data_dir: Path) -> list:
+    return [json.loads(p.read_text()) for p in sorted((data_dir / "events" / "pending").glob("*.json"))]
+
+
+def bucket_files(data_dir: Path, prefix: str) -> dict:
+    root = data_dir / "s3" / BUCKET / prefix
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_publish_mirrors_the_folder_then_queues_the_marker_event(tmp_path, dataset_copy, capsys):
+    home = tmp_path / "home"
+    assert cli.main(["publish", str(dataset_copy), "--name", "dogs", "--data-dir", str(home)]) == 0
+    out = capsys.readouterr().out
+    images = {p.relative_to(dataset_copy).as_posix(): p.read_bytes() for p in dataset_copy.rglob("*.jpg")}
+    assert f"{len(images)} copied, 0 unchanged, 0 removed" in out
+    assert "no stack runs for" in out
+    stored = bucket_files(home, "datasets/dogs")
+    marker = json.loads(stored.pop("_READY"))
+    assert stored == images
+    assert marker["files"] == len(images) and marker["from"] == str(dataset_copy.resolve())
+    s3 = LocalS3(home / "s3")
+    some = sorted(images)[0]
+    assert s3.head_object(Bucket=BUCKET, Key=f"datasets/dogs/{some}")["ETag"].strip('"') == hashlib.md5(
+        images[some]).hexdigest()
+    first_etag = s3.head_object(Bucket=BUCKET, Key="datasets/dogs/_READY")["ETag"].strip('"')
+    [event] = pending_events(home)
+    assert (event["source"], event["detail-type"]) == ("aws.s3", "Object Created")
+    assert event["detail"]["bucket"]["name"] == BUCKET
+    assert event["detail"]["object"] == {**event["detail"]["object"], "key": "datasets/dogs/_READY",
+                                         "etag": first_etag}
+
+    # publish the folder again after removing one image and changing another: a mirror, and a new marker
+    removed, changed = sorted(dataset_copy.rglob("*.jpg"))[:2]
+    removed.unlink()
+    changed.write_bytes(changed.read_bytes() + b"\0")
+    assert cli.main(["publish", str(dataset_copy), "--name", "dogs", "--data-dir", str(home)]) == 0
+    out = capsys.readouterr().out
+    assert f"1 copied, {len(images) - 2} unchanged, 1 removed" in out
+    stored = bucket_files(home, "datasets/dogs")
+    stored.pop("_READY")
+    assert stored == {p.relative_to(dataset_copy).as_posix(): p.read_bytes() for p in dataset_copy.rglob("*.jpg")}
+    second = pending_events(home)[1]["detail"]["object"]["etag"]
+    assert second == s3.head_object(Bucket=BUCKET, Key="datasets/dogs/_READY")["ETag"].strip('"') != first_etag
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda root: shutil.rmtree(root / "train"), "has no train/ split with images"),
+    (lambda root: [shutil.rmtree(p) for p in sorted((root / "train").iterdir())[1:]],
+     "classification needs at least 2"),
+    (lambda root: shutil.rmtree(root), "is not a folder"),
+], ids=["no-train-split", "one-class", "no-folder"])
+def test_publish_refuses_what_the_pipeline_cannot_train_on_and_writes_nothing(tmp_path, dataset_copy, capsys,
+                                                                              damage, message):
+    home = tmp_path / "home"
+    damage(dataset_copy)
+    assert cli.main(["publish", str(dataset_copy), "--name", "dogs", "--data-dir", str(home)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("dogbreeds publish: ") and message in err
+    assert bucket_files(home, "datasets") == {}
+    assert pending_events(home) == []
+
+
+def test_commands_that_need_the_api_say_how_to_start_the_stack(tmp_path, dataset5, capsys):
+    home = tmp_path / "home"
+    image = str(sorted(dataset5.rglob("*.jpg"))[0])
+    assert cli.main(["predict", image, "--data-dir", str(home)]) == 1
+    assert f"no local stack is running for {home}: start one with `dogbreeds up --data-dir {home}`" in \
+        capsys.readouterr().err
+    assert cli.main(["batch", str(dataset5 / "test"), "--data-dir", str(home)]) == 2
+    assert "start one with `dogbreeds up" in capsys.readouterr().err
+    assert bucket_files(home, "batch") == {}        # nothing copied for a batch nobody can run
+
+
+# --- `dogbreeds up` as a process: killed, restarted, stopped --------------------------------------
+
+def start_up(home: Path, log: Path) -> subprocess.Popen:
+    """``dogbreeds up`` in its own session (as from a terminal); returns once its API answers."""
+    previous = cli.Home(home).running()
+    argv = [sys.executable, "-m", "dogbreeds", "up", "--data-dir", str(home), "--port", "0", "--cores", "1",
+            "--trials", "1", "--trial-epochs", "50", "--poll", "0.2"]
+    with open(log, "a") as output:
+        process = subprocess.Popen(argv, cwd=ROOT, stdout=output, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        info = cli.Home(home).running()
+        if info and info != previous and info["pid"] == process.pid:
+            return process
+        assert process.poll() is None, log.read_text()
+        time.sleep(0.2)
+    process.kill()
+    raise AssertionError(f"dogbreeds up did not start:\n{log.read_text()}")
+
+
+def wait_for_training_process(home: Path, timeout: float = 90) -> dict:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        for record in cli.Home(home).records("training"):
+            if record["TrainingJobStatus"] == "InProgress" and record.get("_pid"):
+                return record
+        time.sleep(0.2)
+    raise AssertionError("no training job started")
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
+def wait_until(check, timeout: float, what: str):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if check():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_killing_up_mid_training_and_starting_it_again_leaves_no_job_in_progress(tmp_path, dataset5):
+    home, log = tmp_path / "home", tmp_path / "up.log"
+    processes = []
+    try:
+        processes.append(start_up(home, log))
+        assert cli.main(["publish", str(dataset5), "--name", "dogs", "--data-dir", str(home)]) == 0
+        trial = wait_for_training_process(home)
+        os.killpg(processes[-1].pid, signal.SIGKILL)          # the whole `up`, as a crash or `kill -9` would
+        processes[-1].wait(10)
+        assert alive(trial["_pid"])      # the job's script outlives it (its own session, like a container)
+
+        processes.append(start_up(home, log))
+        wait_until(lambda: not alive(trial["_pid"]), 20, "the orphaned training script to be killed")
+        records = {kind: cli.Home(home).records(kind) for kind in ("training", "tuning")}
+        assert [r["TrainingJobStatus"] for r in records["training"]] == ["Failed"]
+        assert [r["HyperParameterTuningJobStatus"] for r in records["tuning"]] == ["Failed"]
+        assert "the local runtime stopped while this job ran" in records["training"][0]["FailureReason"]
+        # the Failed events reach the control plane: the run says so too
+        wait_until(lambda: (cli.current_run(cli.Home(home).state()) or {}).get("tuning_status") == "Failed", 20,
+                   "the run to record the failed tuning job")
+
+        # a clean stop (Ctrl-C) of a stack running a job: the job ends Stopped, the process exits 0
+        assert cli.main(["publish", str(dataset5), "--name", "dogs2", "--data-dir", str(home)]) == 0
+        second = wait_for_training_process(home)
+        processes[-1].send_signal(signal.SIGINT)
+        assert processes[-1].wait(60) == 0, log.read_text()
+        assert not alive(second["_pid"])
+        statuses = {r["TrainingJobName"]: r["TrainingJobStatus"] for r in cli.Home(home).records("training")}
+        assert statuses == {trial["TrainingJobName"]: "Failed", second["TrainingJobName"]: "Stopped"}
+        assert not (home / "stack.json").exists()
+        assert "stopping: running jobs end Stopped" in log.read_text()
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait(10)
+        for record in cli.Home(home).records("training"):
+            if record.get("_pid") and alive(record["_pid"]):
+                os.killpg(record["_pid"], signal.SIGKILL)
+
+
+def test_up_options_change_the_quick_profile_and_bad_values_are_refused_with_the_reason():
+    config = cli.stack_config("quick", strategy="Hyperband", trials=5, parallel=2, trial_epochs=4, epochs=7,
+                              accuracy_floor=0.25, seed=11)
+    tuning = config.tuning
+    assert (tuning.strategy, tuning.max_training_jobs, tuning.max_parallel_training_jobs, tuning.random_seed) == \
+        ("Hyperband", 5, 2, 11)
+    assert tuning.static_hyperparameters["epochs"] == 4 and tuning.hyperband_max_epochs == 4
+    assert tuning.static_hyperparameters["image-size"] == 64          # the rest of the profile stays
+    assert config.final_training.static_hyperparameters["epochs"] == 7
+    assert config.final_training.static_hyperparameters["profile-steps"] == 5
+    assert config.gate.accuracy_floor == 0.25
+    with pytest.raises(cli.CliError, match="max training jobs must be at least 1, got 0"):
+        cli.stack_config("quick", trials=0)
+    with pytest.raises(cli.CliError, match="accuracy floor must be between 0 and 1, got 1.5"):
+        cli.stack_config("quick", accuracy_floor=1.5)
