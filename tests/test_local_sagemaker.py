@@ -189,7 +189,7 @@ def test_hyperband_stops_a_bad_trial_early_from_its_logged_metrics(local):
     counters = tuning["TrainingJobStatusCounters"]
     assert counters["Completed"] + counters["Stopped"] == 6 and counters["Stopped"] == len(stopped)
     tuning_events = [e for e in local.events if e["detail-type"].endswith("Tuning Job State Change")]
-    assert [e["detail"]["HyperParameterTuningJobStatus"] for e in tuning_events] == ["Completed"]
+    assert [e["detail"]["HyperParameterTuningJobStatus"] for e in tuning_events] == ["InProgress", "Completed"]
     # trials report as training jobs launched by the tuning job: the control plane ignores them
     trial_events = [e for e in local.events if e["detail-type"] == "SageMaker Training Job State Change"]
     assert trial_events and all(e["detail"]["TuningJobArn"] == tuning["HyperParameterTuningJobArn"]

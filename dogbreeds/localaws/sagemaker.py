@@ -428,6 +428,7 @@ class LocalSageMaker:
                                                 "NonRetryableError": 0, "Stopped": 0},
                   "ObjectiveStatusCounters": {"Succeeded": 0, "Pending": 0, "Failed": 0}}
         self.records.put("tuning", name, record)
+        self._emit("tuning", record)            # SageMaker reports the new job InProgress, as for the others
         self._start_thread(self._run_tuning_job, name, name=f"tune-{name}")
         return {"HyperParameterTuningJobArn": record["HyperParameterTuningJobArn"]}
 
