@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import tarfile
 import time
 import urllib.error
 import urllib.request
@@ -85,6 +86,14 @@ def test_publish_to_predictions_through_the_local_runtime(tmp_path, dataset5, ca
         test_acc = {m["MetricName"]: m["Value"] for m in final["FinalMetricDataList"]}["test:accuracy"]
         assert run["gate"]["deploy"] is True and run["gate"]["candidate_accuracy"] == test_acc
         assert view["deployed"]["test_acc"] == test_acc
+        # output.tar.gz holds the job's outputs, not its checkpoints (a trial has no CheckpointConfig)
+        for name in (best["TrainingJobName"], run["training_job"]):
+            output = stack.sagemaker.describe_training_job(TrainingJobName=name)["OutputDataConfig"]["S3OutputPath"]
+            key = f"{output.split('/', 3)[3].rstrip('/')}/{name}/output/output.tar.gz"
+            with tarfile.open(fileobj=stack.s3.get_object(Bucket=config.bucket, Key=key)["Body"]) as tar:
+                names = set(tar.getnames())
+            assert {"report.html", "diagnostics.json", "metrics.jsonl"} <= names
+            assert not [n for n in names if n.startswith("checkpoints")], names
 
         # /predict over HTTP: real JPEG bytes, the model's own top-k
         image = sorted((dataset5 / "test").rglob("*.jpg"))[0]

@@ -83,8 +83,10 @@ def test_script_mode_run_learns_logs_sagemaker_metrics_and_writes_a_deployable_a
     assert meta["labels"][0] == "Affenpinscher" and meta["arch"] == "resnet18" and meta["image_size"] == 64
     assert meta["metrics"]["test_acc"] == pytest.approx(test_acc, abs=1e-4)
     assert meta["hyperparameters"]["lr"] == 0.003 and meta["hyperparameters"]["finetune"] == "full"
-    assert set(os.listdir(tmp_path / "output")) >= {"diagnostics.json", "metrics.jsonl", "report.html",
-                                                     "profiler-trace.json", "checkpoints"}
+    # output/ is what SageMaker uploads as output.tar.gz: the checkpoints stay in $SM_OUTPUT_DIR
+    assert set(os.listdir(tmp_path / "output")) == {"diagnostics.json", "metrics.jsonl", "report.html",
+                                                    "profiler-trace.json"}
+    assert (tmp_path / "checkpoints" / "checkpoint.pth").is_file()
     trace = json.loads((tmp_path / "output" / "profiler-trace.json").read_text())
     assert any("conv" in e.get("name", "") for e in trace["traceEvents"])
 

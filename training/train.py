@@ -111,7 +111,8 @@ def get_args_parser(env=os.environ) -> argparse.ArgumentParser:
     parser.add_argument("--output-data-dir", default=env.get("SM_OUTPUT_DATA_DIR", "output"))
     parser.add_argument("--checkpoint-dir",
                         default="/opt/ml/checkpoints" if Path("/opt/ml/checkpoints").is_dir() else None,
-                        help="checkpoint every epoch here and resume from it (default: <output-data-dir>/checkpoints)")
+                        help="checkpoint every epoch here and resume from it (default: $SM_OUTPUT_DIR/checkpoints "
+                             "when set, else <output-data-dir>/checkpoints)")
     return parser
 
 
@@ -134,7 +135,12 @@ def parse_args(argv=None, env=os.environ) -> argparse.Namespace:
         args.augment = "none" if args.finetune == "head" else "standard"
     if args.num_workers < 0:
         args.num_workers = min(8, max(0, int(env.get("SM_NUM_CPUS", os.cpu_count() or 1)) - 1))
-    args.checkpoint_dir = args.checkpoint_dir or str(Path(args.output_data_dir) / "checkpoints")
+    if not args.checkpoint_dir:
+        # Under SageMaker everything in the output data dir is uploaded as output.tar.gz: a job without a
+        # CheckpointConfig (tuning trials) would ship its checkpoints (weights, optimiser state, the
+        # feature cache: 170 MB for a full resnet18) in it. $SM_OUTPUT_DIR/checkpoints stays on the instance.
+        base = env.get("SM_OUTPUT_DIR")
+        args.checkpoint_dir = str(Path(base if base else args.output_data_dir) / "checkpoints")
     return args
 
 
