@@ -20,6 +20,7 @@ marker's event up when it starts). ``predict`` and ``batch`` need the running st
 from __future__ import annotations
 
 import argparse
+import errno
 import hashlib
 import json
 import logging
@@ -175,7 +176,13 @@ def cmd_up(args) -> int:
 
     previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
     print(f"starting the local stack in {home.data_dir} (profile {args.profile}) ...", flush=True)
-    stack.start()
+    try:
+        stack.start()
+    except OSError as exc:
+        if exc.errno != errno.EADDRINUSE:
+            raise
+        raise CliError(f"port {args.port} on 127.0.0.1 is in use: choose another with --port N "
+                       f"(--port 0 takes any free one)") from exc
     stack.app_module.logger.setLevel(logging.ERROR)   # the feed below says what the handlers' warnings say
     try:
         print(f"  API      {stack.api_url}   (POST /predict, GET /status, POST /batch, GET /batch/<id>)")

@@ -136,6 +136,8 @@ class LocalStack:
 
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.app_module = chalice_app
+        if self.serve_api:
+            self._bind_api()           # first: a port in use fails the start before anything else runs
         self.bus = EventBus(self.data_dir / "events", self._deliver)
         self.raw_s3 = LocalS3(self.data_dir / "s3")
         self.raw_s3.create_bucket(Bucket=self.config.bucket)
@@ -152,13 +154,15 @@ class LocalStack:
         for note in self.sagemaker.recover():
             log.warning(note)
         self.bus.start()
-        if self.serve_api:
-            self._start_api()
+        if self._api_server is not None:
+            self._api_thread = threading.Thread(target=self._api_server.server.serve_forever, name="api",
+                                                daemon=True)
+            self._api_thread.start()
         (self.data_dir / "stack.json").write_text(json.dumps({"pid": os.getpid(), "api_url": self.api_url,
                                                               "bucket": self.config.bucket}))
         return self
 
-    def _start_api(self) -> None:
+    def _bind_api(self) -> None:
         import warnings
 
         from chalice.config import Config
@@ -175,8 +179,6 @@ class LocalStack:
                                           handler_cls=QuietHandler)
         host, port = self._api_server.server.server_address[:2]
         self.api_url = f"http://{host}:{port}"
-        self._api_thread = threading.Thread(target=self._api_server.server.serve_forever, name="api", daemon=True)
-        self._api_thread.start()
 
     def _deliver(self, event: dict) -> None:
         from chalice.local import LambdaContext
@@ -185,9 +187,11 @@ class LocalStack:
 
     def stop(self) -> None:
         if self._api_server is not None:
-            self._api_server.shutdown()
+            if self._api_thread is not None:      # shutdown() waits for serve_forever: only once it runs
+                self._api_server.shutdown()
+                self._api_thread.join(10)
+                self._api_thread = None
             self._api_server.server.server_close()
-            self._api_thread.join(10)
             self._api_server = None
         self.bus.stop()
         self.sagemaker.close()

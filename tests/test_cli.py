@@ -200,3 +200,60 @@ def test_up_options_change_the_quick_profile_and_bad_values_are_refused_with_the
         cli.stack_config("quick", trials=0)
     with pytest.raises(cli.CliError, match="accuracy floor must be between 0 and 1, got 1.5"):
         cli.stack_config("quick", accuracy_floor=1.5)
+
+
+# --- the progress feed and when a run is over ------------------------------------------------------
+
+def write_json(path: Path, data: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data))
+
+
+def test_the_progress_feed_reports_each_change_once(tmp_path):
+    from dogbreeds.progress import Watcher
+    trial = {"TrainingJobName": "tune-x-001", "TrainingJobStatus": "InProgress", "CreationTime": "2026-11-22T08:00:01",
+             "TuningJobArn": "arn:tuning/tune-x", "HyperParameters": {"epochs": "3"},
+             "_Tuned": {"lr": "0.0035412", "batch-size": "16", "arch": '"resnet18"'}}
+    write_json(tmp_path / "sagemaker/training/tune-x-001.json", trial)
+    watcher = Watcher(tmp_path, BUCKET)
+    assert watcher.changes() == ["trial     tune-x-001 InProgress with arch=resnet18 batch-size=16 lr=0.00354"]
+    assert watcher.changes() == []
+
+    log = tmp_path / "jobs/tune-x-001/log.txt"
+    log.parent.mkdir(parents=True)
+    log.write_text("2026 INFO train: starting\nepoch=1 train_loss=1.5 val_acc=0.25\n")
+    assert watcher.changes() == ["          tune-x-001 epoch 1/3: train_loss=1.5 val_acc=0.25"]
+    log.write_text(log.read_text() + "epoch=2 train_loss=1.1 val_acc=0.5\n")
+    assert watcher.changes() == ["          tune-x-001 epoch 2/3: train_loss=1.1 val_acc=0.5"]
+
+    write_json(tmp_path / "sagemaker/training/tune-x-001.json", {
+        **trial, "TrainingJobStatus": "Stopped", "SecondaryStatus": "Stopped",
+        "FinalMetricDataList": [{"MetricName": "validation:accuracy", "Value": 0.5},
+                                {"MetricName": "train:loss", "Value": 1.1}]})
+    write_json(tmp_path / f"s3/{BUCKET}/pipeline/state.json", {"runs": {"dogs/m1": {
+        "dataset": "dogs", "marker": "m1", "gate": {"deploy": False, "reason": "refused: test accuracy 0.5 is "
+                                                                              "below the floor of 0.6000"}}}})
+    assert watcher.changes() == [
+        "gate      refused: test accuracy 0.5 is below the floor of 0.6000",
+        "trial     tune-x-001 Stopped: validation:accuracy=0.5000 (stopped early by the tuner)"]
+
+
+@pytest.mark.parametrize("run, state, expected", [
+    ({"layout_problems": ["train/ has 1 class"]}, {}, (False, "the dataset was refused: train/ has 1 class")),
+    ({"tuning_status": "Completed", "training_status": "Failed", "training_failure": "AlgorithmError: boom"}, {},
+     (False, "training failed: AlgorithmError: boom")),
+    ({"gate": {"deploy": False, "reason": "refused: too low"}}, {}, (False, "the gate refused the model: refused: too low")),
+    ({"gate": {"deploy": True}}, {"deployed": {"training_job": "train-2", "model_name": "m2"},
+                                  "endpoint": {"name": "dogbreeds", "status": "Updating"}}, None),
+    ({"gate": {"deploy": True}}, {"deployed": {"training_job": "train-2", "model_name": "m2"},
+                                  "endpoint": {"name": "dogbreeds", "status": "InService"}},
+     (True, "deployed: endpoint dogbreeds serves m2")),
+    ({"gate": {"deploy": True}}, {"deployed": {"training_job": "train-1", "model_name": "m1"},
+                                  "endpoint": {"name": "dogbreeds", "status": "InService"}}, None),
+    ({"tuning_status": "InProgress"}, {}, None),
+], ids=["layout", "training-failed", "gate-refused", "endpoint-updating", "deployed", "older-model-serving",
+        "tuning"])
+def test_a_followed_run_is_over_when_deployed_refused_or_failed(run, state, expected):
+    full = {"runs": {"dogs/m2": {"training_job": "train-2", **run}}, **state}
+    assert cli.run_outcome(full, "dogs/m2") == expected
+    assert cli.run_outcome(full, "dogs/other-marker") is None      # a run not yet recorded is not over
