@@ -257,3 +257,12 @@ def test_a_followed_run_is_over_when_deployed_refused_or_failed(run, state, expe
     full = {"runs": {"dogs/m2": {"training_job": "train-2", **run}}, **state}
     assert cli.run_outcome(full, "dogs/m2") == expected
     assert cli.run_outcome(full, "dogs/other-marker") is None      # a run not yet recorded is not over
+
+
+def test_fetch_and_demo_get_every_argument_after_their_name(tmp_path, capsys):
+    missing = tmp_path / "none.zip"
+    assert cli.main(["fetch", "--zip", str(missing), "--dest", str(tmp_path / "data"), "--no-progress"]) == 1
+    assert f"no zip file at {missing}" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["demo", "--classes", "many"])
+    assert exit_.value.code == 2 and "--classes: invalid int value: 'many'" in capsys.readouterr().err
