@@ -521,8 +521,8 @@ def run_batch(home: Home, folder: Path, batch_id: Optional[str] = None, wait: bo
     images = [p for p in _files(folder) if p.name.lower().endswith(IMAGE_EXTENSIONS)]
     if not images:
         raise CliError(f"{folder} has no images ({', '.join(IMAGE_EXTENSIONS)})")
-    batch_id = batch_id or (BATCH_ID.sub("-", folder.resolve().name).strip("-.") or "batch") + time.strftime(
-        "-%Y%m%d-%H%M%S")
+    batch_id = batch_id or (BATCH_ID.sub("-", folder.resolve().name)[:60].strip("-.") or "batch") + time.strftime(
+        "-%Y%m%d-%H%M%S")                           # the control plane takes ids of up to 100 characters
     prefix = f"{BucketLayout().batches}{batch_id}/"
     say(f"batch {batch_id}: {len(images)} images from {folder}")
     counter = progress.Counter("  copying into the bucket", len(images), say=say)
