@@ -158,6 +158,19 @@ def stack_config(profile: str = "quick", strategy: Optional[str] = None, trials:
         raise CliError(str(exc)) from exc
 
 
+def plain_logging(level=logging.WARNING) -> None:
+    """The local runtime's own warnings as plain lines on stderr. Its loggers (``dogbreeds.*``) are
+    children of the Powertools logger the Chalice app names ``dogbreeds``, whose JSON lines are for
+    CloudWatch; they stop propagating there."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("[%(asctime)s] %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
+    for name in ("dogbreeds.stack", "dogbreeds.localaws", "dogbreeds.serving"):
+        logger = logging.getLogger(name)
+        logger.handlers[:] = [handler]
+        logger.setLevel(level)
+        logger.propagate = False
+
+
 def cmd_up(args) -> int:
     from dogbreeds.stack import LocalStack
 
@@ -168,6 +181,7 @@ def cmd_up(args) -> int:
     config = stack_config(args.profile, args.strategy, args.trials, args.parallel, args.trial_epochs, args.epochs,
                           args.accuracy_floor, args.seed)
     os.environ.setdefault("POWERTOOLS_METRICS_DISABLED", "true")   # EMF lines are CloudWatch's, not a terminal's
+    plain_logging()
     stack = LocalStack(home.data_dir, config=config, api_port=args.port, cores=args.cores)
     stopping = []
 

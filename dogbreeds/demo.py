@@ -56,6 +56,7 @@ def main(argv=None) -> int:
     parser.add_argument("--timeout", type=float, default=1500, help="seconds to wait for the deployment")
     args = parser.parse_args(argv)
     os.environ.setdefault("POWERTOOLS_METRICS_DISABLED", "true")   # EMF lines are CloudWatch's, not a terminal's
+    cli.plain_logging()
     started = time.monotonic()
     shutil.rmtree(args.workdir, ignore_errors=True)  # a fresh run, not a resume of the last demo
     args.workdir.mkdir(parents=True)
