@@ -566,9 +566,10 @@ def run_batch(home: Home, folder: Path, batch_id: Optional[str] = None, wait: bo
         raise CliError(f"batch {batch_id} still {view.get('status')} after {timeout:.0f}s; "
                        f"`dogbreeds status` follows it")
     counter.close()
+    csv_path = home.path_of(view["predictions_uri"].split("/", 3)[3]) if view.get("predictions_uri") else None
     if view["status"] != "Completed":
-        raise CliError(f"batch {batch_id} {view['status']}: {view.get('failure_reason')}")
-    csv_path = home.path_of(view["predictions_uri"].split("/", 3)[3])
+        kept = f"\nwhat it classified, and a row for each image it did not: {csv_path}" if csv_path else ""
+        raise CliError(f"batch {batch_id} {view['status']}: {view.get('failure_reason')}{kept}")
     say(f"predictions: {csv_path}")
     say(f"             ({view['predictions_uri']})")
     return csv_path

@@ -15,7 +15,9 @@
 from __future__ import annotations
 
 import copy
+import csv
 import importlib.metadata
+import io
 import json
 import os
 import random
@@ -121,7 +123,9 @@ REQUIRES = {
     "batch marker": "CreateEndpoint",
     "transform InProgress": "CreateTransformJob",
     "transform Completed": "CreateTransformJob",
+    "transform Failed": "CreateTransformJob",          # not in CHAIN: the other way a transform ends
 }
+TRANSFORM_FAILURE = "ClientError: 1 of 3 objects failed: batch/b1/input/c.png: HTTP 400: not an image"
 
 
 class Chain:
@@ -155,6 +159,7 @@ class Chain:
             "batch marker": batch,
             "transform InProgress": state_change("transform", self.transform, "InProgress"),
             "transform Completed": state_change("transform", self.transform, "Completed"),
+            "transform Failed": state_change("transform", self.transform, "Failed", FailureReason=TRANSFORM_FAILURE),
         }
         self.results = []          # (event name, handler result)
         self._best_set = self._metrics_set = False
@@ -353,6 +358,26 @@ def test_transform_completed_before_its_batch_is_recorded_after_a_crash(referenc
     assert all(result["handled"] is True for _, result in chain.results)     # every delivery but the crash
     assert Counter(op for op, _ in requests) == {**{op: 1 for op in CREATES}, "CreateTransformJob": 2}
     assert_same_end(outcome, reference[0])
+
+
+def test_a_failed_transform_still_writes_what_it_classified_and_a_row_for_each_image_it_did_not():
+    def play(chain: Chain) -> None:
+        chain.aws.put(f"batch/{BATCH}/input/c.png", PNG)      # the image the transform failed on: no .out
+        for name in CHAIN[:CHAIN.index("transform InProgress")]:
+            chain.deliver(name)
+        assert chain.deliver("transform Failed")["actions"] == ["Record", "WritePredictions"]
+        assert chain.deliver("transform Failed")["actions"] == []          # a duplicate changes nothing
+
+    outcome, chain, _ = run_chain(play)
+    rows = list(csv.reader(io.StringIO(outcome["predictions"])))
+    assert rows == [
+        ["image_key", "top_label", "probability", "top_k", "error"],
+        ["batch/b1/input/a.jpg", "Akita", "0.6000", "Akita:0.6000;Affenpinscher:0.4000", ""],
+        ["batch/b1/input/c.png", "", "", "", f"not classified: {TRANSFORM_FAILURE}"],
+        ["batch/b1/input/sub/b.jpg", "Affenpinscher", "0.9000", "Affenpinscher:0.9000;Akita:0.1000", ""]]
+    batch = outcome["status"]["last_batch"]
+    assert (batch["status"], batch["failure_reason"]) == ("Failed", TRANSFORM_FAILURE)
+    assert batch["predictions_uri"] == f"s3://{BUCKET}/batch/{BATCH}/output/predictions.csv"
 
 
 def race_on_next_save(aws, raw_event) -> dict:

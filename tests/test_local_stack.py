@@ -159,6 +159,19 @@ def test_publish_to_predictions_through_the_local_runtime(tmp_path, dataset5, ca
         assert [row["image_key"] for row in csv.DictReader(io.StringIO(written.read_text()))] == sorted(
             f"batch/cli1/input/{p.name}" for p in inputs[:3])
 
+        # a corrupt image fails the transform; the other images' predictions are kept, the bad one named
+        (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
+        (folder / "notes.txt").unlink()
+        assert cli.main(["batch", str(folder), "--id", "cli2", *home]) == 2
+        err = capsys.readouterr().err
+        written = stack.raw_s3.path_of(config.bucket, "batch/cli2/output/predictions.csv")
+        assert "batch cli2 Failed: ClientError: 1 of 4 objects failed: " in err and str(written) in err
+        rows = {row["image_key"]: row for row in csv.DictReader(io.StringIO(written.read_text()))}
+        assert sorted(rows) == sorted(f"batch/cli2/input/{name}" for name in
+                                      ["broken.jpg", *(p.name for p in inputs[:3])])
+        assert rows.pop("batch/cli2/input/broken.jpg")["error"].startswith("not classified: ClientError")
+        assert all(row["top_label"] in labels and row["error"] == "" for row in rows.values())
+
         assert cli.main(["report", *home]) == 0
         out = capsys.readouterr().out
         report = stack.data_dir / "reports" / run["training_job"] / "report.html"

@@ -506,6 +506,8 @@ def test_batches_without_a_model_and_failed_transforms():
     assert actions == [state.StartTransform("b2", "abc", st.deployed.model_name)]
     st, actions = dispatch(st, transform_event(job, "Failed", reason="ClientError: 415"))
     assert "ClientError: 415" in actions[0].message
+    assert actions[1] == state.WritePredictions("b2", job, "batch/b2/output/predictions.csv",
+                                                failure_reason="ClientError: 415")
     assert (st.batches["b2"].status, st.batches["b2"].failure_reason) == ("Failed", "ClientError: 415")
 
 

@@ -304,15 +304,21 @@ class ControlPlane:
             self.metric("JobsStarted", 1, {"kind": "endpoint-update"})
 
     def _write_predictions(self, action: WritePredictions) -> None:
-        prefix = f"{self.config.layout.batches}{action.batch_id}/output/"
+        batch_prefix = f"{self.config.layout.batches}{action.batch_id}/"
         rows = []
-        for key, _ in self._list(prefix):
+        for key, _ in self._list(batch_prefix + "output/"):
             if key.endswith(".out"):
                 body = self.s3.get_object(Bucket=self.config.bucket, Key=key)["Body"].read()
                 rows.append((image_key_for_output(key, action.batch_id, self.config.layout.batches), body))
+        unclassified = []
+        if action.failure_reason:
+            done = {image_key for image_key, _ in rows}
+            unclassified = [(key, f"not classified: {action.failure_reason}")
+                            for key, _ in self._list(batch_prefix + "input/") if key not in done]
         self.s3.put_object(Bucket=self.config.bucket, Key=action.output_key,
-                           Body=predictions_csv(rows).encode("utf-8"), ContentType="text/csv")
-        log.info("batch %s: %d predictions written to %s", action.batch_id, len(rows), action.output_key)
+                           Body=predictions_csv(rows, unclassified).encode("utf-8"), ContentType="text/csv")
+        log.info("batch %s: %d predictions and %d unclassified images written to %s", action.batch_id,
+                 len(rows), len(unclassified), action.output_key)
 
     # --- routes ---------------------------------------------------------------------------------
 
@@ -376,8 +382,10 @@ class ControlPlane:
 
     def _batch_view(self, batch) -> dict:
         view = dataclasses.asdict(batch)
+        # A failed or stopped transform still writes predictions.csv: what it classified, and a row
+        # with the reason for every image it did not.
         view["predictions_uri"] = (f"s3://{self.config.bucket}/{batch.output_key}"
-                                   if batch.status == "Completed" else None)
+                                   if batch.status in ("Completed", "Failed", "Stopped") else None)
         return view
 
     def batch_status(self, batch_id: str) -> dict:

@@ -197,19 +197,21 @@ def image_key_for_output(output_key: str, batch_id: str, batches_prefix: str = "
     return f"{batches_prefix}{batch_id}/input/{output_key[len(output_prefix):-len('.out')]}"
 
 
-def predictions_csv(rows: Iterable[Tuple[str, str]]) -> str:
+def predictions_csv(rows: Iterable[Tuple[str, str]], unclassified: Iterable[Tuple[str, str]] = ()) -> str:
     """One CSV from per-image ``.out`` bodies (Contract 2's ``{"predictions": [...]}``).
 
     Columns: ``image_key,top_label,probability,top_k,error``; ``top_k`` is
     ``label:prob;label:prob`` (probabilities with 4 decimals, highest first); ``error`` is empty
     for a good row and says what was wrong with a malformed ``.out`` (whose other columns are
-    empty). Rows are sorted by image key; never raises on a bad body.
+    empty). ``unclassified`` rows are ``(image_key, error)`` for inputs without an output (a transform
+    that failed or was stopped before them). Rows are sorted by image key; never raises on a bad body.
     """
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(CSV_HEADER)
-    for image_key, body in sorted(rows, key=lambda row: row[0]):
-        if isinstance(body, (bytes, bytearray)):
-            body = body.decode("utf-8", "replace")
-        writer.writerow((image_key, *_summarise(body)))
+    summarised = [(image_key, *_summarise(body.decode("utf-8", "replace")
+                                          if isinstance(body, (bytes, bytearray)) else body))
+                  for image_key, body in rows]
+    summarised += [(image_key, "", "", "", error) for image_key, error in unclassified]
+    writer.writerows(sorted(summarised, key=lambda row: row[0]))
     return out.getvalue()

@@ -80,10 +80,13 @@ class StartTransform:
 
 @dataclass(frozen=True)
 class WritePredictions:
-    """Read ``batch/<id>/output/*.out`` and write ``predictions.csv`` there."""
+    """Read ``batch/<id>/output/*.out`` and write ``predictions.csv`` there. With ``failure_reason``
+    (the transform failed or was stopped) every input without an output gets a row saying so, so the
+    images that were classified are not lost with the ones that were not."""
     batch_id: str
     transform_job: str
     output_key: str
+    failure_reason: Optional[str] = None
 
 
 @dataclass(frozen=True)
@@ -326,7 +329,8 @@ def on_batch_requested(state: PipelineState, event: BatchRequested, batches_pref
 
 
 def on_transform_changed(state: PipelineState, event: JobStateChanged) -> Result:
-    """A batch's transform job reached a status: ``Completed`` -> WritePredictions; failure recorded."""
+    """A batch's transform job reached a status: ``Completed`` -> WritePredictions; ``Failed`` or
+    ``Stopped`` -> the failure recorded, and WritePredictions of what was classified before it."""
     batch = next((b for b in state.batches.values() if b.transform_job == event.name), None)
     if _seen(state, event.identity) or batch is None:
         return state, []
@@ -340,5 +344,7 @@ def on_transform_changed(state: PipelineState, event: JobStateChanged) -> Result
     if batch.status == "Completed":
         return new, [WritePredictions(batch.batch_id, batch.transform_job, batch.output_key)]
     batch.failure_reason = event.failure_reason
+    reason = event.failure_reason or f"the transform job was {batch.status.lower()}"
     return new, [Record(f"batch {batch.batch_id!r} ({batch.transform_job}) {batch.status.lower()}"
-                        + (f": {event.failure_reason}" if event.failure_reason else ""))]
+                        + (f": {event.failure_reason}" if event.failure_reason else "")),
+                 WritePredictions(batch.batch_id, batch.transform_job, batch.output_key, failure_reason=reason)]
