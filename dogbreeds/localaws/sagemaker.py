@@ -54,6 +54,7 @@ log = logging.getLogger("dogbreeds.localaws.sagemaker")
 
 ACCOUNT = "000000000000"
 TERMINAL = ("Completed", "Failed", "Stopped")
+JOB_KINDS = ("training", "tuning", "transform")
 _KINDS = {
     "tuning": ("hyper-parameter-tuning-job", "HyperParameterTuningJobName", "HyperParameterTuningJobStatus",
                "SageMaker HyperParameter Tuning Job State Change"),
@@ -220,8 +221,15 @@ class LocalSageMaker:
             log.exception("could not emit %s event for %s", kind, record[name_field])
 
     def _set_status(self, kind: str, name: str, status: str, emit: bool = True, **changes) -> dict:
+        """Record (and report) a new status. A job's terminal status is final, as on SageMaker: the
+        thread of a runtime that was given up on (``recover``) cannot replace it when its script ends."""
         status_field = _KINDS[kind][2]
-        record = self.records.update(kind, name, **{status_field: status}, **changes)
+        with self.records.lock:
+            current = self.records.get(kind, name)
+            if kind in JOB_KINDS and current and current.get(status_field) in TERMINAL:
+                log.info("%s job %s is already %s; not changing it to %s", kind, name, current[status_field], status)
+                return current
+            record = self.records.update(kind, name, **{status_field: status}, **changes)
         if emit:
             self._emit(kind, record)
         return record
@@ -696,16 +704,17 @@ class LocalSageMaker:
                 name = record[_KINDS[kind][1]]
                 if record[status_field] in TERMINAL:
                     continue
+                # Failed first, then the kill: whoever watched the script sees a final status when it ends.
+                self._set_status(kind, name, "Failed", FailureReason=reason, **{
+                    "tuning": {"HyperParameterTuningEndTime": _now().isoformat()},
+                    "training": {"TrainingEndTime": _now().isoformat(), "SecondaryStatus": "Failed"},
+                    "transform": {"TransformEndTime": _now().isoformat()}}[kind])
                 pid = record.get("_pid")
                 if pid:
                     try:
                         os.killpg(pid, signal.SIGKILL)    # an orphaned script of the dead runtime
                     except (ProcessLookupError, PermissionError):
                         pass
-                self._set_status(kind, name, "Failed", FailureReason=reason, **{
-                    "tuning": {"HyperParameterTuningEndTime": _now().isoformat()},
-                    "training": {"TrainingEndTime": _now().isoformat(), "SecondaryStatus": "Failed"},
-                    "transform": {"TransformEndTime": _now().isoformat()}}[kind])
                 notes.append(f"{kind} job {name} marked Failed: {reason}")
         for record in self.records.all("endpoint"):
             if record["EndpointStatus"] in ("InService", "Updating", "Creating"):
