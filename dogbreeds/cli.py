@@ -384,16 +384,15 @@ def _duration(record: dict, start: str, end: str) -> str:
 def status_lines(home: Home) -> list:
     info = home.running()
     lines = [f"stack     {'running, API ' + info['api_url'] if info else 'not running'} ({home.data_dir})"]
-    watcher = progress.Watcher(home.data_dir, home.bucket)
-    facts = watcher.facts()
+    facts = progress.Watcher(home.data_dir, home.bucket).facts()
     lines += [line for key, line in facts.items() if key == "dataset"]
     run = current_run(home.state())
     if run:
+        accuracy = run.get("metrics", {}).get("test:accuracy")
         lines.append(f"run       tuning {run.get('tuning_status') or '-'}, training {run.get('training_status') or '-'}"
-                     + (f", test accuracy {run['metrics']['test:accuracy']:.4f}" if 'test:accuracy' in run.get('metrics', {}) else ""))
-    current = home.state().get("current_dataset") or {}
-    this_run = f"run:{current.get('name')}/{current.get('marker')}:"
-    lines += [line for key, line in facts.items() if key.startswith(this_run)
+                     + (f", test accuracy {accuracy:.4f}" if accuracy is not None else ""))
+    this_run = f"run:{run['dataset']}/{run['marker']}:" if run else None
+    lines += [line for key, line in facts.items() if (this_run and key.startswith(this_run))
               or key.split(":")[0] in ("endpoint", "batch")]
     jobs = []
     for kind, name_field, status_field, start, end in (

@@ -22,6 +22,7 @@ import pytest
 from dogbreeds import cli
 from dogbreeds.localaws.s3 import LocalS3
 from dogbreeds.stack import BUCKET, ROOT
+from test_local_stack import wait_for
 
 
 def pending_events(data_dir: Path) -> list:
@@ -135,15 +136,6 @@ def alive(pid: int) -> bool:
     return state != "Z"
 
 
-def wait_until(check, timeout: float, what: str):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if check():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def test_killing_up_mid_training_and_starting_it_again_leaves_no_job_in_progress(tmp_path, dataset5):
     home, log = tmp_path / "home", tmp_path / "up.log"
     processes = []
@@ -156,13 +148,13 @@ def test_killing_up_mid_training_and_starting_it_again_leaves_no_job_in_progress
         assert alive(trial["_pid"])      # the job's script outlives it (its own session, like a container)
 
         processes.append(start_up(home, log))
-        wait_until(lambda: not alive(trial["_pid"]), 20, "the orphaned training script to be killed")
+        wait_for(lambda: not alive(trial["_pid"]), 20, "the orphaned training script to be killed")
         records = {kind: cli.Home(home).records(kind) for kind in ("training", "tuning")}
         assert [r["TrainingJobStatus"] for r in records["training"]] == ["Failed"]
         assert [r["HyperParameterTuningJobStatus"] for r in records["tuning"]] == ["Failed"]
         assert "the local runtime stopped while this job ran" in records["training"][0]["FailureReason"]
         # the Failed events reach the control plane: the run says so too
-        wait_until(lambda: (cli.current_run(cli.Home(home).state()) or {}).get("tuning_status") == "Failed", 20,
+        wait_for(lambda: (cli.current_run(cli.Home(home).state()) or {}).get("tuning_status") == "Failed", 20,
                    "the run to record the failed tuning job")
 
         # a clean stop (Ctrl-C) of a stack running a job: the job ends Stopped, the process exits 0
