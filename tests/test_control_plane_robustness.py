@@ -277,7 +277,7 @@ def test_the_in_order_chain_is_a_meaningful_reference(reference):
     assert [(name, r["actions"]) for name, r in results] == [
         ("publish", ["StartTuning"]), ("tuning InProgress", []), ("trial Completed", []),
         ("tuning Completed", ["StartTraining"]), ("training InProgress", []), ("training Completed", ["Deploy"]),
-        ("endpoint Creating", []), ("endpoint InService", []), ("batch marker", ["StartTransform"]),
+        ("endpoint Creating", []), ("endpoint InService", ["EnsureServing"]), ("batch marker", ["StartTransform"]),
         ("transform InProgress", []), ("transform Completed", ["WritePredictions"])]
     assert [op for op, _ in requests] == list(CREATES)
     status = outcome["status"]
@@ -302,7 +302,8 @@ def test_every_event_three_times_in_any_possible_order_starts_each_job_once(play
     assert Counter(op for op, _ in requests) == {op: 1 for op in CREATES}      # nothing else, no UpdateEndpoint
     # exactly one delivery of each starting event did the work
     started = Counter(action for _, result in chain.results for action in result["actions"])
-    assert started == {"StartTuning": 1, "StartTraining": 1, "Deploy": 1, "StartTransform": 1, "WritePredictions": 1}
+    assert started == {"StartTuning": 1, "StartTraining": 1, "Deploy": 1, "EnsureServing": 1, "StartTransform": 1,
+                       "WritePredictions": 1}
     assert_same_end(outcome, reference[0])
 
 
@@ -470,6 +471,30 @@ def train(aws, client, test_acc: Optional[float], dataset=DATASET, note=b"publis
     metrics = {"test:loss": 0.4} if test_acc is None else {"test:accuracy": test_acc, "test:loss": 0.4}
     aws.set_final_metrics(training, metrics)
     return marker, deliver(client, state_change("training", training, "Completed"))
+
+
+def test_a_model_chosen_while_the_endpoint_is_updating_is_deployed_when_it_is_in_service_again(aws, client):
+    first, _ = train(aws, client, 0.85)
+    deliver(client, state_change("endpoint", ENDPOINT, "IN_SERVICE", LastModifiedTime=T0))
+    # the endpoint starts changing (SageMaker patching it, or an update from elsewhere) ...
+    aws.backend.endpoints[ENDPOINT].endpoint_status = "Updating"
+    assert deliver(client, state_change("endpoint", ENDPOINT, "UPDATING", LastModifiedTime=T0 + 1))["actions"] == []
+    # ... while a better model passes the gate: SageMaker would refuse UpdateEndpoint now, so none is sent
+    second, result = train(aws, client, 0.90, note=b"published again", upload=False)
+    assert result == {"handled": True, "actions": ["Deploy"]}
+    assert aws.created("UpdateEndpoint") == []
+    status = client.http.get("/status").json_body
+    assert status["deployed"]["marker"] == second and status["endpoint"]["status"] == "Updating"
+    # InService again: the deferred update is made, to the deployed model's endpoint config
+    aws.backend.endpoints[ENDPOINT].endpoint_status = "InService"
+    result = deliver(client, state_change("endpoint", ENDPOINT, "IN_SERVICE", LastModifiedTime=T0 + 2))
+    assert result["actions"] == ["EnsureServing"]
+    assert aws.created("UpdateEndpoint") == [{"EndpointName": ENDPOINT,
+                                              "EndpointConfigName": names.endpoint_config_name(DATASET, second)}]
+    # later InService events find it serving the deployed model: nothing more is sent
+    deliver(client, state_change("endpoint", ENDPOINT, "IN_SERVICE", LastModifiedTime=T0 + 3))
+    assert len(aws.created("UpdateEndpoint")) == 1 and len(aws.created("CreateEndpoint")) == 1
+    assert names.endpoint_config_name(DATASET, first) != names.endpoint_config_name(DATASET, second)
 
 
 @pytest.mark.parametrize("floor, test_acc, deploy, reason", [

@@ -415,6 +415,7 @@ def test_the_whole_chain():
         state.StartTuning("dogs", ETAG),
         state.StartTraining("dogs", ETAG, TUNING),
         state.Deploy("dogs", ETAG, TRAINING, model, 0.85),
+        state.EnsureServing("dogs", ETAG),            # InService: make sure it serves the deployed model
         state.StartTransform("b1", ETAG, model),
         state.WritePredictions("b1", TRANSFORM, "batch/b1/output/predictions.csv"),
     ]

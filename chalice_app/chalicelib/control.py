@@ -33,7 +33,8 @@ from . import names, predict, sagemaker_requests as requests
 from .config import PipelineConfig
 from .events import BatchRequested, DatasetPublished, EventError, Ignored, JobStateChanged, parse_event
 from .pipeline import check_dataset_layout, final_metrics, image_key_for_output, predictions_csv
-from .state import (Deploy, PipelineState, Record, StartTraining, StartTransform, StartTuning, WritePredictions,
+from .state import (Deploy, EnsureServing, PipelineState, Record, StartTraining, StartTransform, StartTuning,
+                    WritePredictions,
                     on_batch_requested, on_dataset_published, on_endpoint_changed, on_training_changed,
                     on_transform_changed, on_tuning_changed)
 
@@ -44,6 +45,8 @@ SOURCE_POINTER = "current.json"       # under the code prefix: {"uri": "s3://...
 SAVE_ATTEMPTS = 5
 BATCH_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 SERVING_STATUSES = ("InService", "Updating", "SystemUpdating")   # an updating endpoint still serves its old model
+# SageMaker refuses UpdateEndpoint in these: the update waits for the endpoint's InService event (EnsureServing).
+CHANGING_STATUSES = ("Creating", "Updating", "SystemUpdating", "RollingBack")
 RERUNNABLE_BATCH = ("Failed", "Stopped", "NoModel")
 
 
@@ -274,6 +277,10 @@ class ControlPlane:
                 self._create("create_training_job", request, "training")
         elif isinstance(action, Deploy):
             self._deploy(action)
+        elif isinstance(action, EnsureServing):
+            endpoint = names.endpoint_name(config.hosting.endpoint_name)
+            self._update_endpoint(self.sagemaker.describe_endpoint(EndpointName=endpoint), action.dataset,
+                                  action.marker)
         elif isinstance(action, StartTransform):
             request = requests.create_transform_job(config, action.batch_id, action.marker, action.model_name)
             self._create("create_transform_job", request, "transform")
@@ -290,7 +297,6 @@ class ControlPlane:
         self._create("create_endpoint_config",
                      requests.create_endpoint_config(config, action.dataset, action.marker), "endpoint-config")
         endpoint = names.endpoint_name(config.hosting.endpoint_name)
-        wanted = names.endpoint_config_name(action.dataset, action.marker)
         try:
             current = self.sagemaker.describe_endpoint(EndpointName=endpoint)
         except Exception as exc:
@@ -299,9 +305,20 @@ class ControlPlane:
             self._create("create_endpoint", requests.create_endpoint(config, action.dataset, action.marker),
                          "endpoint")
             return
-        if current.get("EndpointConfigName") != wanted:
-            self.sagemaker.update_endpoint(**requests.update_endpoint(config, action.dataset, action.marker))
-            self.metric("JobsStarted", 1, {"kind": "endpoint-update"})
+        self._update_endpoint(current, action.dataset, action.marker)
+
+    def _update_endpoint(self, current: dict, dataset: str, marker: str) -> None:
+        """Point the endpoint (``current``: its description) at ``dataset``/``marker``'s endpoint config,
+        unless it already is, or is changing now (then its InService event brings EnsureServing)."""
+        wanted = names.endpoint_config_name(dataset, marker)
+        if current.get("EndpointConfigName") == wanted:
+            return
+        if current.get("EndpointStatus") in CHANGING_STATUSES:
+            log.info("endpoint %s is %s: the update to %s waits for it to be InService",
+                     current.get("EndpointName"), current.get("EndpointStatus"), wanted)
+            return
+        self.sagemaker.update_endpoint(**requests.update_endpoint(self.config, dataset, marker))
+        self.metric("JobsStarted", 1, {"kind": "endpoint-update"})
 
     def _write_predictions(self, action: WritePredictions) -> None:
         batch_prefix = f"{self.config.layout.batches}{action.batch_id}/"

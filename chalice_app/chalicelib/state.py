@@ -79,6 +79,15 @@ class StartTransform:
 
 
 @dataclass(frozen=True)
+class EnsureServing:
+    """The endpoint is InService again: if it serves another endpoint config than the deployed model's
+    (the gate chose a model while the endpoint was Creating or Updating, when SageMaker refuses an
+    UpdateEndpoint), update it now."""
+    dataset: str
+    marker: str
+
+
+@dataclass(frozen=True)
 class WritePredictions:
     """Read ``batch/<id>/output/*.out`` and write ``predictions.csv`` there. With ``failure_reason``
     (the transform failed or was stopped) every input without an output gets a row saying so, so the
@@ -291,9 +300,10 @@ def on_training_changed(state: PipelineState, event: JobStateChanged, metrics: O
 
 
 def on_endpoint_changed(state: PipelineState, event: JobStateChanged) -> Result:
-    """The endpoint's status (``InService`` means /predict can be served); no action. Endpoints move
-    back and forth (InService -> Updating -> InService), so no status is final: the change with the
-    latest ``LastModifiedTime`` wins, and an event without one counts as the latest."""
+    """The endpoint's status (``InService`` means /predict can be served). Endpoints move back and
+    forth (InService -> Updating -> InService), so no status is final: the change with the latest
+    ``LastModifiedTime`` wins, and an event without one counts as the latest. Becoming InService
+    with a model deployed -> EnsureServing (a deferred update is made now; otherwise nothing)."""
     if _seen(state, event.identity):
         return state, []
     new = copy.deepcopy(state)
@@ -303,6 +313,8 @@ def on_endpoint_changed(state: PipelineState, event: JobStateChanged) -> Result:
             and event.changed_at is not None and event.changed_at < current.changed_at):
         return new, []                        # an older change delivered late
     new.endpoint = Endpoint(event.name, event.status, event.failure_reason, event.changed_at)
+    if event.status == "InService" and new.deployed is not None:
+        return new, [EnsureServing(new.deployed.dataset, new.deployed.marker)]
     return new, []
 
 
