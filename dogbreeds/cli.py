@@ -242,10 +242,10 @@ def _md5(path: Path) -> str:
     return digest.hexdigest()
 
 
-def sync_folder(home: Home, folder: Path, prefix: str, label: str, keep=("_READY",), say=print) -> dict:
-    """Make ``prefix`` in the bucket hold exactly ``folder``'s files: upload new and changed files
-    (compared by MD5 with the ETag), delete objects the folder no longer has. Returns the counts."""
-    files = _files(folder)
+def sync_folder(home: Home, folder: Path, files: list, prefix: str, label: str, keep=("_READY",),
+                say=print) -> dict:
+    """Make ``prefix`` in the bucket hold exactly ``files`` (``_files(folder)``): upload new and changed
+    files (compared by MD5 with the ETag), delete objects the folder no longer has. Returns the counts."""
     existing = {}
     for page in home.s3.get_paginator("list_objects_v2").paginate(Bucket=home.bucket, Prefix=prefix):
         for item in page.get("Contents", []):
@@ -291,7 +291,7 @@ def publish_dataset(home: Home, folder: Path, name: Optional[str] = None, say=pr
     prefix = f"{BucketLayout().datasets}{name}/"
     summary = ", ".join(f"{split} {sum(c.values())}" for split, c in report.counts.items())
     say(f"publishing {folder} as dataset {name!r}: {len(report.counts['train'])} classes; images: {summary}")
-    counts = sync_folder(home, folder, prefix, label="  copying into the bucket", say=say)
+    counts = sync_folder(home, folder, files, prefix, label="  copying into the bucket", say=say)
     say(f"  {counts['copied']} copied, {counts['unchanged']} unchanged, {counts['removed']} removed "
           f"(no longer in the folder) under {home.path_of(prefix)}")
     marker = {"published_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "from": str(folder.resolve()),
@@ -445,11 +445,10 @@ def cmd_status(args) -> int:
 
 
 def _job_record(home: Home, name: str) -> Optional[dict]:
-    for kind in ("training", "transform", "tuning"):
-        path = home.data_dir / "sagemaker" / kind / f"{name}.json"
-        if path.exists():
-            return json.loads(path.read_text())
-    return None
+    from dogbreeds.localaws.sagemaker import Records
+    records = Records(home.data_dir / "sagemaker")
+    return next((record for kind in ("training", "transform", "tuning")
+                 if (record := records.get(kind, name)) is not None), None)
 
 
 def newest_training_job(home: Home, trials: bool = True) -> Optional[str]:

@@ -22,15 +22,10 @@ TERMINAL = ("Completed", "Failed", "Stopped")
 
 
 def read_records(data_dir: Path, kind: str) -> List[dict]:
-    """The local SageMaker's records of one kind, oldest first. A record being replaced right now is
-    skipped (the next look sees it)."""
-    folder = Path(data_dir) / "sagemaker" / kind
-    records = []
-    for path in folder.glob("*.json") if folder.is_dir() else ():
-        try:
-            records.append(json.loads(path.read_text()))
-        except (OSError, ValueError):
-            continue
+    """The local SageMaker's records of one kind (its own ``Records`` store: each file is replaced
+    atomically), oldest first."""
+    from dogbreeds.localaws.sagemaker import Records
+    records = Records(Path(data_dir) / "sagemaker").all(kind)
     return sorted(records, key=lambda r: (r.get("CreationTime") or "", json.dumps(r.get("TrainingJobName"))))
 
 
