@@ -33,8 +33,8 @@ from . import names, predict, sagemaker_requests as requests
 from .config import PipelineConfig
 from .events import BatchRequested, DatasetPublished, EventError, Ignored, JobStateChanged, parse_event
 from .pipeline import check_dataset_layout, final_metrics, image_key_for_output, predictions_csv
-from .state import (Deploy, EnsureServing, PipelineState, Record, StartTraining, StartTransform, StartTuning,
-                    WritePredictions,
+from .state import (TERMINAL, Deploy, EnsureServing, PipelineState, Record, StartTraining, StartTransform,
+                    StartTuning, WritePredictions,
                     on_batch_requested, on_dataset_published, on_endpoint_changed, on_training_changed,
                     on_transform_changed, on_tuning_changed)
 
@@ -402,7 +402,7 @@ class ControlPlane:
         # A failed or stopped transform still writes predictions.csv: what it classified, and a row
         # with the reason for every image it did not.
         view["predictions_uri"] = (f"s3://{self.config.bucket}/{batch.output_key}"
-                                   if batch.status in ("Completed", "Failed", "Stopped") else None)
+                                   if batch.status in TERMINAL else None)
         return view
 
     def batch_status(self, batch_id: str) -> dict:
