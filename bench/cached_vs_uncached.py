@@ -34,10 +34,7 @@ import tempfile
 import time
 from pathlib import Path
 
-os.environ.setdefault("KINETO_LOG_LEVEL", "5")  # the profiler's C++ chatter about missing GPUs
-
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+os.environ.setdefault("KINETO_LOG_LEVEL", "5")  # before torch loads: the profiler's C++ chatter about missing GPUs
 
 import torch  # noqa: E402
 import torchvision  # noqa: E402

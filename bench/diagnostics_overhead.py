@@ -14,15 +14,12 @@ import argparse
 import statistics
 import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import torch
+from torch.nn import functional as F
 
-import torch  # noqa: E402
-from torch.nn import functional as F  # noqa: E402
-
-from training.diagnostics import ActivationProbe, StepRecorder  # noqa: E402
-from training.models import create_model  # noqa: E402
+from training.diagnostics import ActivationProbe, StepRecorder
+from training.models import create_model
 
 
 def main() -> int:

@@ -41,8 +41,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 
 # ------------------------------------------------------------------------------------------ clients
@@ -133,8 +131,9 @@ def serial_server(model_dir: Path, torch_threads: int):
     Connections are accepted by threads (keep-alive clients must not block each other's connection),
     but only one request is decoded, predicted and serialized at a time.
     """
-    import torch
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    import torch
 
     from dogbreeds.serving import load_handlers
 
@@ -336,7 +335,6 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     bench_started = time.perf_counter()
     os.environ.setdefault("KINETO_LOG_LEVEL", "5")
-    sys.path.insert(0, str(ROOT))
     import torch
     import torchvision
 

@@ -28,7 +28,7 @@ from chalice import Chalice, ConvertToMiddleware, IAMAuthorizer, Response
 from chalicelib.config import ConfigError, PipelineConfig
 from chalicelib.control import ControlPlane
 from chalicelib.events import SAGEMAKER_DETAIL_TYPES, EventError
-from chalicelib.predict import ApiError, IMAGE_TYPES, SUPPORTED_TYPES
+from chalicelib.predict import IMAGE_TYPES, ApiError
 
 SERVICE = "dogbreeds"
 NAMESPACE = "DogBreeds"

@@ -11,12 +11,7 @@ so that the deployed permissions and packages follow the code that uses them.
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CHALICE_DIR = REPO_ROOT / "chalice_app"
-
-# Chalice imports its library as the top-level package ``chalicelib``; so do we.
-if str(CHALICE_DIR) not in sys.path:
-    sys.path.insert(0, str(CHALICE_DIR))

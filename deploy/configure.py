@@ -26,10 +26,8 @@ import sys
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from deploy import CHALICE_DIR
-from deploy import iam
-
-from chalicelib.config import ENV_VARIABLES, PipelineConfig  # noqa: E402
+from chalicelib.config import ENV_VARIABLES, PipelineConfig
+from deploy import CHALICE_DIR, iam
 
 LAMBDA_TIMEOUT_SECONDS = 60
 LAMBDA_MEMORY_MB = 512

@@ -18,10 +18,8 @@ from __future__ import annotations
 
 from typing import Dict, List, Optional
 
-import deploy  # noqa: F401  (importing it puts chalice_app on sys.path)
-
-from chalicelib.config import BucketLayout, HostingConfig  # noqa: E402
-from chalicelib.sagemaker_requests import debugger_rules_image_uri, dlc_account  # noqa: E402
+from chalicelib.config import BucketLayout, HostingConfig
+from chalicelib.sagemaker_requests import debugger_rules_image_uri, dlc_account
 
 VERSION = "2012-10-17"
 SAGEMAKER_SERVICE = "sagemaker.amazonaws.com"

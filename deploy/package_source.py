@@ -36,11 +36,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, List, Optional, Tuple
 
+from chalicelib.config import BucketLayout
+from chalicelib.control import SOURCE_POINTER, error_code, not_found, read_json_object
+from chalicelib.sagemaker_requests import source_package_uri
 from deploy import REPO_ROOT
-
-from chalicelib.config import BucketLayout  # noqa: E402  (deploy puts chalice_app on sys.path)
-from chalicelib.control import SOURCE_POINTER, error_code, not_found, read_json_object  # noqa: E402
-from chalicelib.sagemaker_requests import source_package_uri  # noqa: E402
 
 SOURCE_DIRS = ("training", "model_code")
 DIGEST_PREFIX = 16                      # hex digits of the SHA-256 in the key

@@ -37,10 +37,9 @@ from functools import partial
 from pathlib import Path
 from typing import Optional
 
+from chalicelib.names import normalise_marker
 from dogbreeds import progress
-from dogbreeds.stack import BUCKET, READY_SUFFIX, ROOT   # puts chalice_app/ on sys.path, for chalicelib
-
-from chalicelib.names import normalise_marker  # noqa: E402  (isort: skip)
+from dogbreeds.stack import BUCKET, READY_SUFFIX, ROOT
 
 DEFAULT_HOME = ROOT / "runs" / "local"
 STACK_FILE = "stack.json"
@@ -136,7 +135,6 @@ def stack_config(profile: str = "quick", strategy: Optional[str] = None, trials:
     from dataclasses import replace
 
     from chalicelib.config import ConfigError, QualityGate
-
     from dogbreeds.stack import local_config
 
     try:

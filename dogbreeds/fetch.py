@@ -597,7 +597,7 @@ def fetch_dataset(dest_dir: str | os.PathLike = DEFAULT_DEST, url: str = UDACITY
     try:
         dest.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise FetchError(f"cannot create the folder {dest}: {e}.\nWhat to do: choose another folder with --dest.")
+        raise FetchError(f"cannot create the folder {dest}: {e}.\nWhat to do: choose another folder with --dest.") from e
     name = _name_for(zip_path if zip_path is not None else url)
     marker = dest / f"{name}.extracted.json"
     done = _already_extracted(marker, dest, sha256)

@@ -18,21 +18,16 @@ from __future__ import annotations
 import json
 import logging
 import os
-import sys
 import threading
 from dataclasses import replace
 from pathlib import Path
 from typing import Optional
 
-ROOT = Path(__file__).resolve().parent.parent
-for _path in (ROOT, ROOT / "chalice_app"):      # deploy/ from the checkout; Chalice imports chalicelib top-level
-    if str(_path) not in sys.path:               # (the `dogbreeds` command may run from any folder)
-        sys.path.insert(0, str(_path))
+from chalicelib.config import CategoricalRange, ContinuousRange, FinalTrainingConfig, PipelineConfig
 
 os.environ.setdefault("POWERTOOLS_TRACE_DISABLED", "1")      # no X-Ray daemon on this machine
 
-from chalicelib.config import (CategoricalRange, ContinuousRange, FinalTrainingConfig,  # noqa: E402
-                               PipelineConfig)
+ROOT = Path(__file__).resolve().parent.parent        # the checkout: the training code package is built from it
 
 log = logging.getLogger("dogbreeds.stack")
 
@@ -124,7 +119,7 @@ class LocalStack:
         self._api_thread: Optional[threading.Thread] = None
 
     def start(self) -> "LocalStack":
-        import app as chalice_app
+        from chalice_app import app as chalice_app
         from chalicelib.control import ControlPlane
         from deploy import package_source
 

@@ -21,8 +21,6 @@ os.environ.setdefault("POWERTOOLS_METRICS_NAMESPACE", "DogBreeds")
 os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
 
 import boto3  # noqa: E402
-import pytest  # noqa: E402
-from chalice.test import Client  # noqa: E402
 import botocore.session  # noqa: E402
 from moto import mock_aws  # noqa: E402
 from moto.core import DEFAULT_ACCOUNT_ID  # noqa: E402
@@ -30,7 +28,7 @@ from moto.sagemaker.models import sagemaker_backends  # noqa: E402
 from moto.sagemaker.responses import SageMakerResponse  # noqa: E402
 from moto.sagemakerruntime.responses import SageMakerRuntimeResponse  # noqa: E402
 
-import app as chalice_app  # noqa: E402
+from chalice_app import app as chalice_app  # noqa: E402
 from chalicelib.config import PipelineConfig  # noqa: E402
 from chalicelib.control import ControlPlane  # noqa: E402
 
@@ -249,19 +247,3 @@ class FakeAws:
 def b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 
-
-# --- fixtures (imported by the test modules that use them) ---------------------------------------------
-
-@pytest.fixture
-def aws():
-    """moto with the bucket, the code package pointer and a control plane wired into the app."""
-    with FakeAws() as fake:
-        fake.upload_source_pointer()
-        yield fake
-
-
-@pytest.fixture
-def client():
-    """Chalice's test client over the app: routes and Lambda handlers, stopped after the test."""
-    with Client(chalice_app.app) as test_client:
-        yield test_client

@@ -5,20 +5,17 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "chalice_app"))  # Chalice imports its own chalicelib as a top-level package
-os.environ.setdefault("KINETO_LOG_LEVEL", "5")  # the profiler's C++ chatter about missing GPUs
+from chalicelib.sagemaker_requests import METRIC_DEFINITIONS
+from dogbreeds.synthetic import generate_dataset
+from training import train
 
-from chalicelib.sagemaker_requests import METRIC_DEFINITIONS  # noqa: E402
-from dogbreeds.synthetic import generate_dataset  # noqa: E402
-from training import train  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent        # the checkout
+os.environ.setdefault("KINETO_LOG_LEVEL", "5")       # read when the profiler starts: its chatter about missing GPUs
 
 torch.set_num_threads(2)
 
@@ -62,3 +59,23 @@ def run_training(data: Path, out: Path, *extra: str, **kwargs) -> dict:
 
 def rule(summary: dict, name: str) -> dict:
     return next(r for r in summary["rules"] if r["name"] == name)
+
+
+# --- the AWS side: moto and Chalice's test client (tests/aws_support.py has the helpers) ------------------
+
+@pytest.fixture
+def aws():
+    """moto with the bucket, the code package pointer and a control plane wired into the app."""
+    from aws_support import FakeAws
+    with FakeAws() as fake:
+        fake.upload_source_pointer()
+        yield fake
+
+
+@pytest.fixture
+def client():
+    """Chalice's test client over the app: routes and Lambda handlers, stopped after the test."""
+    from aws_support import chalice_app
+    from chalice.test import Client
+    with Client(chalice_app.app) as test_client:
+        yield test_client

@@ -18,11 +18,11 @@ import time
 from pathlib import Path
 
 import pytest
+from test_local_stack import wait_for
 
 from dogbreeds import cli
 from dogbreeds.localaws.s3 import LocalS3
 from dogbreeds.stack import BUCKET, ROOT
-from test_local_stack import wait_for
 
 
 def pending_events(data_dir: Path) -> list:

@@ -9,14 +9,9 @@ import json
 import re
 
 import pytest
-from chalice.test import Client
+from aws_support import BUCKET, REGION, ROLE_ARN, SOURCE_URI, FakeAws, endpoint_reply, jpeg_bytes, state_change
 
-from aws_support import (BUCKET, REGION, ROLE_ARN, SOURCE_URI, FakeAws, b64, endpoint_reply, jpeg_bytes,
-                         object_created, state_change)
-from aws_support import aws, client  # noqa: F401  (fixtures)
-import app as chalice_app
 from chalicelib import names
-from chalicelib.sagemaker_requests import METRIC_DEFINITIONS
 
 DATASET = "dogs"
 BEST = {"lr": "0.0042", "weight-decay": "0.012", "eps": "3e-08", "batch-size": "64", "arch": '"resnet34"'}

@@ -30,15 +30,14 @@ from pathlib import Path
 from typing import Callable, Optional, Tuple
 
 import pytest
+from aws_support import (BUCKET, REGION, FakeAws, b64, endpoint_reply, jpeg_bytes, object_created, png_bytes,
+                         state_change)
 from botocore.exceptions import ClientError, ConnectionClosedError
 from chalice import IAMAuthorizer
 from chalice.test import Client
-
-from aws_support import (BUCKET, REGION, FakeAws, b64, endpoint_reply, jpeg_bytes, object_created, png_bytes,
-                         state_change)
-from aws_support import aws, client  # noqa: F401  (fixtures)
 from test_control_plane import BEST, DATASET, deliver, post_image
-import app as chalice_app
+
+from chalice_app import app as chalice_app
 from chalicelib import names
 from chalicelib.config import HostingConfig, QualityGate
 from chalicelib.control import StateConflict
@@ -766,7 +765,6 @@ ALLOWED = {"aws_lambda_powertools", "aws_xray_sdk", "wrapt",          # Powertoo
 
 IMPORT_PROBE = """
 import json, sys
-sys.path.insert(0, "chalice_app")
 before = set(sys.modules)
 import app
 top = lambda names: sorted({name.split(".")[0] for name in names})
@@ -778,8 +776,9 @@ print(json.dumps({"all": top(sys.modules), "loaded": top(set(sys.modules) - befo
 def test_app_imports_only_powertools_chalice_and_the_boto_stack():
     env = {"PATH": os.environ.get("PATH", ""), "HOME": os.environ.get("HOME", "/tmp"),
            "AWS_LAMBDA_FUNCTION_NAME": "dogbreeds-dev", "AWS_REGION": REGION}    # as on Lambda
-    probe = subprocess.run([sys.executable, "-c", IMPORT_PROBE], cwd=ROOT, env=env, capture_output=True,
-                           text=True, timeout=60, check=True)
+    # From chalice_app/, as Lambda imports it: app.py and chalicelib/ top-level.
+    probe = subprocess.run([sys.executable, "-c", IMPORT_PROBE], cwd=ROOT / "chalice_app", env=env,
+                           capture_output=True, text=True, timeout=60, check=True)
     report = json.loads(probe.stdout.strip().splitlines()[-1])
     loaded = set(report["loaded"])             # what importing app.py added to sys.modules
     third_party = loaded - set(report["stdlib"]) - {"app", "chalicelib"}

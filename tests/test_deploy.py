@@ -17,14 +17,14 @@ from fnmatch import fnmatchcase
 from pathlib import Path
 
 import pytest
+from aws_support import BUCKET, REGION, ROLE_ARN, FakeAws, jpeg_bytes, state_change
 
-from aws_support import (BUCKET, REGION, ROLE_ARN, FakeAws, jpeg_bytes, state_change)
-from chalicelib import names, sagemaker_requests as requests
+from chalicelib import names
+from chalicelib import sagemaker_requests as requests
 from chalicelib.config import ConfigError, PipelineConfig
 from chalicelib.control import SOURCE_POINTER, STATE_FILE
 from chalicelib.state import batch_output_key
-from deploy import CHALICE_DIR, REPO_ROOT, configure, iam, lambda_package
-from deploy import package_source
+from deploy import CHALICE_DIR, REPO_ROOT, configure, iam, lambda_package, package_source
 
 ACCOUNT = ROLE_ARN.split(":")[4]
 BEST = {"lr": "0.0042", "weight-decay": "0.012", "eps": "3e-08", "batch-size": "64", "arch": '"resnet34"'}
@@ -309,7 +309,7 @@ def test_every_call_in_the_control_plane_source_is_allowed_by_the_lambda_policy(
 
 def test_the_lambda_policy_refuses_what_the_control_plane_never_does():
     policy = lambda_policy()
-    arn = lambda noun, name: sagemaker_arn(noun, name)
+    arn = sagemaker_arn
     assert not allowed(policy, "sagemaker:DeleteEndpoint", arn("Endpoint", "dogbreeds"))
     assert not allowed(policy, "sagemaker:CreateTrainingJob", arn("TrainingJob", "someone-elses-job"))
     assert not allowed(policy, "sagemaker:InvokeEndpoint", arn("Endpoint", "another-endpoint"))

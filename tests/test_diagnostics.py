@@ -14,8 +14,8 @@ import numpy as np
 import psutil
 import pytest
 import torch
-
 from conftest import ROOT, SMALL, rule, run_training, train_args
+
 from dogbreeds.synthetic import generate_dataset, render_image
 from training import train
 from training.diagnostics import RuleThresholds, evaluate_rules, low_gpu_utilization
@@ -50,7 +50,7 @@ def test_the_report_page_carries_the_runs_curves_and_rules(healthy):
         assert name in page
     assert page.count("<svg") >= 6 and "<script" not in page
     assert f"{summary['test']['test_acc'] * 100:.1f}%" in page
-    metrics = [json.loads(l) for l in (out / "output" / "metrics.jsonl").read_text().splitlines()]
+    metrics = [json.loads(line) for line in (out / "output" / "metrics.jsonl").read_text().splitlines()]
     assert [m["epoch"] for m in metrics if m["type"] == "epoch"] == [e["epoch"] for e in summary["epochs"]]
     assert sum(m["type"] == "step" for m in metrics) == len(summary["steps"]["step"])
     assert summary["profiler"]["trace_file"] == "profiler-trace.json" and summary["profiler"]["top_ops"]

@@ -25,11 +25,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from model_code import inference as inf  # noqa: E402
+from model_code import inference as inf
 
 CLASSES = ["001.Affenpinscher", "002.Afghan_hound", "003.Airedale_terrier"]
 LABELS = ["Affenpinscher", "Afghan_hound", "Airedale_terrier"]

@@ -16,7 +16,7 @@ import random
 
 import pytest
 
-from chalicelib import events, names, pipeline, state  # noqa: E402  (conftest puts chalice_app/ on sys.path)
+from chalicelib import events, names, pipeline, state
 from chalicelib.events import EventError
 
 BUCKET = "dogbreeds-bucket"

@@ -19,13 +19,13 @@ from dataclasses import replace
 import botocore.session
 import pytest
 from botocore.validate import ParamValidator
+from conftest import ROOT
 
-from chalicelib import names  # noqa: E402  (conftest puts chalice_app/ on sys.path)
-from conftest import ROOT  # noqa: E402
-from chalicelib import sagemaker_requests as requests  # noqa: E402
-from chalicelib.config import (STRATEGIES, BatchConfig, ConfigError, ContinuousRange, HostingConfig,  # noqa: E402
+from chalicelib import names
+from chalicelib import sagemaker_requests as requests
+from chalicelib.config import (STRATEGIES, BatchConfig, ConfigError, ContinuousRange, HostingConfig,
                                ManagedDebuggerConfig, PipelineConfig, TrainingResources, TuningConfig)
-from training import train  # noqa: E402
+from training import train
 
 ROLE = "arn:aws:iam::123456789012:role/dogbreeds-sagemaker"
 SOURCE = "s3://dogbreeds-bucket/code/sourcedir-0123456789abcdef.tar.gz"

@@ -17,7 +17,6 @@ import json
 import logging
 import shutil
 import socket
-import sys
 import threading
 import time
 from pathlib import Path
@@ -27,14 +26,10 @@ import pytest
 import torch
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from dogbreeds import serving  # noqa: E402
-from dogbreeds.serving import ModelServer  # noqa: E402
-from dogbreeds.synthetic import render_image  # noqa: E402
-from model_code import inference as inf  # noqa: E402
+from dogbreeds import serving
+from dogbreeds.serving import ModelServer
+from dogbreeds.synthetic import render_image
+from model_code import inference as inf
 
 CLASSES_A = ["001.Affenpinscher", "002.Afghan_hound", "003.Airedale_terrier", "004.Akita",
              "005.Alaskan_malamute"]

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import ROOT, SAGEMAKER_METRIC_DEFINITIONS, run_training, train_args
+
 from dogbreeds.synthetic import generate_dataset
 from training import data as data_lib
 from training import train
@@ -66,9 +66,9 @@ def test_script_mode_run_learns_logs_sagemaker_metrics_and_writes_a_deployable_a
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     lines = proc.stdout.splitlines()
 
-    epoch_lines = [l for l in lines if l.startswith("epoch=")]
-    assert [int(re.match(r"epoch=(\d+)", l).group(1)) for l in epoch_lines] == list(range(1, 9))
-    values = {d["Name"]: [float(m.group(1)) for l in lines for m in [re.search(d["Regex"], l)] if m]
+    epoch_lines = [line for line in lines if line.startswith("epoch=")]
+    assert [int(re.match(r"epoch=(\d+)", line).group(1)) for line in epoch_lines] == list(range(1, 9))
+    values = {d["Name"]: [float(m.group(1)) for line in lines for m in [re.search(d["Regex"], line)] if m]
               for d in SAGEMAKER_METRIC_DEFINITIONS}
     for name in ("train:loss", "train:accuracy", "validation:loss", "validation:accuracy"):
         assert len(values[name]) == 8, name
@@ -264,8 +264,9 @@ def test_imagenet_weights_come_from_the_torch_hub_cache_without_network(tmp_path
 
 
 def test_unavailable_imagenet_weights_fail_with_instructions(tmp_path, monkeypatch):
-    import torchvision.models._api as api
     from urllib.error import URLError
+
+    import torchvision.models._api as api
 
     def offline(*_args, **_kwargs):
         raise URLError("Name or service not known")

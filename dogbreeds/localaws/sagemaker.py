@@ -466,6 +466,7 @@ class LocalSageMaker:
 
     def _tune(self, name: str) -> None:
         import optuna
+
         from . import tuning as plan
 
         record = self.records.get("tuning", name)
@@ -505,11 +506,11 @@ class LocalSageMaker:
                 self.records.put("training", job, trial_record)
                 self._count(name, "InProgress", +1)
 
-                def on_metric(metric, value, step):
+                def on_metric(metric, value, step):      # called only while this trial's job runs
                     if metric != strategy.objective_metric:
                         return False
-                    trial.report(value, step)
-                    return trial.should_prune()
+                    trial.report(value, step)  # noqa: B023
+                    return trial.should_prune()  # noqa: B023
 
                 final = self._run_training_job(job, on_metric, threads)
                 self._count(name, "InProgress", -1)
