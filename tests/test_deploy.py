@@ -21,12 +21,13 @@ from aws_support import BUCKET, REGION, ROLE_ARN, FakeAws, jpeg_bytes, state_cha
 
 from chalicelib import names
 from chalicelib import sagemaker_requests as requests
-from chalicelib.config import ConfigError, PipelineConfig
-from chalicelib.control import SOURCE_POINTER, STATE_FILE
+from chalicelib.config import BucketLayout, ConfigError, PipelineConfig
+from chalicelib.control import SOURCE_POINTER
 from chalicelib.state import batch_output_key
 from deploy import CHALICE_DIR, REPO_ROOT, configure, iam, lambda_package, package_source
 
 ACCOUNT = ROLE_ARN.split(":")[4]
+STATE_KEY = BucketLayout().state_key
 BEST = {"lr": "0.0042", "weight-decay": "0.012", "eps": "3e-08", "batch-size": "64", "arch": '"resnet34"'}
 
 
@@ -317,8 +318,8 @@ def test_the_lambda_policy_refuses_what_the_control_plane_never_does():
                        f"arn:aws:sagemaker:eu-west-1:{ACCOUNT}:training-job/{EXAMPLE_NAMES['TrainingJob']}")
     assert not allowed(policy, "s3:PutObject", f"arn:aws:s3:::{BUCKET}/code/current.json")   # code is the user's
     assert not allowed(policy, "s3:PutObject", f"arn:aws:s3:::{BUCKET}/datasets/dogs/_READY")
-    assert not allowed(policy, "s3:GetObject", f"arn:aws:s3:::other-bucket/pipeline/{STATE_FILE}")
-    assert not allowed(policy, "s3:DeleteObject", f"arn:aws:s3:::{BUCKET}/pipeline/{STATE_FILE}")
+    assert not allowed(policy, "s3:GetObject", f"arn:aws:s3:::other-bucket/{STATE_KEY}")
+    assert not allowed(policy, "s3:DeleteObject", f"arn:aws:s3:::{BUCKET}/{STATE_KEY}")
     assert not allowed(policy, "logs:PutLogEvents",
                        f"arn:aws:logs:{REGION}:{ACCOUNT}:log-group:/aws/lambda/other-function:log-stream:x")
     # its own log groups: the REST handler's and the event handlers'
@@ -399,7 +400,7 @@ def test_every_request_of_a_whole_moto_run_is_allowed_by_the_lambda_policy():
         for action, resource, context in _permissions_of_request(client_of[service], op, params):
             assert allowed(policy, action, resource, context), f"{op} needs {action} on {resource}"
     keys = {params["Key"] for service, op, params in sent if op == "PutObject"}
-    assert keys == {f"pipeline/{STATE_FILE}", "batch/b1/_READY", batch_output_key("b1")}
+    assert keys == {STATE_KEY, "batch/b1/_READY", batch_output_key("b1")}
 
 
 # --- the SageMaker execution role ------------------------------------------------------------------

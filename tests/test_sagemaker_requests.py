@@ -385,6 +385,18 @@ def test_the_final_run_checkpoints_to_its_own_prefix_and_runs_on_demand_by_defau
         f"s3://dogbreeds-bucket/jobs/{name}/{name}/output/model.tar.gz"
 
 
+def test_s3_uris_split_into_bucket_and_key_and_job_artifacts_sit_where_sagemaker_puts_them():
+    assert requests.split_s3_uri("s3://b/jobs/j/x.tar.gz") == ("b", "jobs/j/x.tar.gz")
+    assert requests.split_s3_uri("s3://b") == ("b", "")
+    assert requests.split_s3_uri("s3://b/") == ("b", "")
+    assert requests.split_s3_uri(requests.s3_uri("b", "a/b c/ü")) == ("b", "a/b c/ü")
+    for bad in ("", "b/key", "s3:///key", "https://b/key", None):
+        with pytest.raises(ValueError, match="not an s3:// URI"):
+            requests.split_s3_uri(bad)
+    assert requests.job_artifact_uri("s3://b/jobs/t/", "t") == "s3://b/jobs/t/t/output/model.tar.gz"
+    assert requests.job_artifact_uri("s3://b/jobs/t", "t", "output.tar.gz") == "s3://b/jobs/t/t/output/output.tar.gz"
+
+
 def test_spot_training_waits_at_most_the_configured_time():
     config = make_config(training_resources=TrainingResources(use_spot=True, max_runtime_seconds=3600,
                                                               spot_max_wait_seconds=7200))

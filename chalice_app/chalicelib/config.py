@@ -390,6 +390,11 @@ class BucketLayout:
     code: str = "code/"                # content-addressed sourcedir.tar.gz packages
     state: str = "pipeline/"           # pipeline state records
 
+    @property
+    def state_key(self) -> str:
+        """``pipeline/state.json``: the pipeline's one state record (``chalicelib.state``)."""
+        return f"{self.state}state.json"
+
     def __post_init__(self):
         bad = [p for p in (self.datasets, self.batches, self.jobs, self.checkpoints, self.code, self.state)
                if not p.endswith("/") or p.startswith("/")]

@@ -40,7 +40,6 @@ from .state import (TERMINAL, Deploy, EnsureServing, PipelineState, Record, Star
 
 log = logging.getLogger("dogbreeds.control")
 
-STATE_FILE = "state.json"
 SOURCE_POINTER = "current.json"       # under the code prefix: {"uri": "s3://.../sourcedir-<digest>.tar.gz", ...}
 SAVE_ATTEMPTS = 5
 BATCH_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
@@ -143,7 +142,7 @@ class ControlPlane:
         self.config = config
         self.s3, self.sagemaker, self.runtime = s3, sagemaker, runtime
         self.metric = metric or (lambda name, value, dimensions: None)
-        self.store = StateStore(s3, config.bucket, config.layout.state + STATE_FILE)
+        self.store = StateStore(s3, config.bucket, config.layout.state_key)
 
     # --- events ---------------------------------------------------------------------------------
 

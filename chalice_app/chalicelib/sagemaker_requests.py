@@ -18,8 +18,9 @@ extracted folder, and train.py puts that folder on ``sys.path`` to import both p
 from __future__ import annotations
 
 import json
+import re
 import unicodedata
-from typing import Dict, List, Mapping, Sequence
+from typing import Dict, List, Mapping, Sequence, Tuple
 
 from . import names
 from .config import PipelineConfig, TuningConfig, Value, processor_of
@@ -138,8 +139,28 @@ def debugger_rules_image_uri(region: str) -> str:
 
 # --- locations ----------------------------------------------------------------------------------
 
+def s3_uri(bucket: str, key: str) -> str:
+    """``s3://<bucket>/<key>``."""
+    return f"s3://{bucket}/{key}"
+
+
+def split_s3_uri(uri: str) -> Tuple[str, str]:
+    """``s3://bucket/some/key`` -> ``("bucket", "some/key")``; ``s3://bucket`` -> ``("bucket", "")``.
+    Raises ValueError for anything that is not an s3:// URI with a bucket."""
+    match = re.fullmatch(r"s3://([^/]+)/?(.*)", uri or "", flags=re.DOTALL)
+    if not match:
+        raise ValueError(f"not an s3:// URI: {uri!r}")
+    return match.group(1), match.group(2)
+
+
+def job_artifact_uri(output_path: str, job_name: str, artifact: str = "model.tar.gz") -> str:
+    """Where SageMaker puts a training job's ``model.tar.gz`` (or ``output.tar.gz``):
+    ``<S3OutputPath>/<job-name>/output/<artifact>``."""
+    return f"{output_path.rstrip('/')}/{job_name}/output/{artifact}"
+
+
 def _s3(config: PipelineConfig, key: str) -> str:
-    return f"s3://{config.bucket}/{key}"
+    return s3_uri(config.bucket, key)
 
 
 def _path_segment(what: str, value: str) -> str:
@@ -160,7 +181,7 @@ def job_output_path(config: PipelineConfig, job_name: str) -> str:
 
 def model_artifact_uri(config: PipelineConfig, training_job_name: str) -> str:
     """Where SageMaker puts the final training job's ``model.tar.gz`` (below its output path)."""
-    return f"{job_output_path(config, training_job_name)}{training_job_name}/output/model.tar.gz"
+    return job_artifact_uri(job_output_path(config, training_job_name), training_job_name)
 
 
 def checkpoint_uri(config: PipelineConfig, training_job_name: str) -> str:
