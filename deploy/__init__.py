@@ -2,7 +2,9 @@
 
 - ``python -m deploy.configure``: ``chalice_app/.chalice/config.json`` and the IAM policy files;
 - ``python -m deploy.package_source``: the training ``sourcedir.tar.gz``, uploaded once per content;
-- ``python -m deploy.lambda_package``: builds the Lambda zip and reports its size against Lambda's limits.
+- ``python -m deploy.lambda_package``: stages ``batch/`` into ``chalice_app/vendor/`` for ``chalice deploy``,
+  builds the Lambda zip (``app.py``, ``chalicelib/``, ``batch/`` and the requirements) and reports its
+  size against Lambda's limits.
 
 ``deploy.iam`` holds the least-privilege policy documents. These modules run on a developer's machine,
 never on Lambda; they import the control plane's ``chalicelib`` (configuration, bucket layout, names)

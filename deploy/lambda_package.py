@@ -1,11 +1,17 @@
 """Build the control plane's Lambda deployment package and print its size against Lambda's limits.
 
-    python -m deploy.lambda_package [--output deploy/out/dogbreeds-lambda.zip] [--chalice]
+    python -m deploy.lambda_package [--output deploy/out/dogbreeds-lambda.zip] [--chalice] [--vendor-only]
 
-What ``chalice deploy`` uploads is ``app.py``, ``chalicelib/`` and ``chalice_app/requirements.txt``
-installed for the Lambda platform. This builds the same thing the same way chalice resolves it
-(``pip install --platform manylinux2014_x86_64 --implementation cp --only-binary=:all:`` for the
-Python version chalice picks: the local one), zips it and prints:
+What ``chalice deploy`` uploads is ``app.py``, ``chalicelib/``, the contents of ``chalice_app/vendor/``,
+chalice's runtime (``chalice/__init__.py`` and ``chalice/app.py``) and ``chalice_app/requirements.txt``
+installed for the Lambda platform. Our own packages that the
+control plane imports besides ``chalicelib`` (``VENDORED``: ``batch/``) live at the repository's top
+level, so this first stages a fresh copy of each into ``chalice_app/vendor/`` (git-ignored), where
+``chalice deploy`` and ``chalice package`` pick them up and put them at the package root.
+
+It then builds the same package the same way chalice resolves it (``pip install --platform
+manylinux2014_x86_64 --implementation cp --only-binary=:all:`` for the Python version chalice picks:
+the local one, plus the same files chalice adds), zips it and prints:
 
 - the zipped size against 50 MB (the limit of a zip uploaded directly, as ``chalice deploy`` does)
   and the unzipped size against 250 MB (code and layers together), each with its margin;
@@ -15,6 +21,8 @@ Python version chalice picks: the local one), zips it and prints:
 It exits nonzero when pip cannot fetch a package (naming it and saying why), when a limit is
 exceeded or when a forbidden package is inside. ``--chalice`` also runs ``chalice package
 --pkg-format terraform`` on a copy of ``chalice_app`` and reports the size of its ``deployment.zip``.
+``--vendor-only`` stages ``chalice_app/vendor/`` and stops (no network): run it, or the whole command,
+before ``chalice deploy``.
 """
 
 from __future__ import annotations
@@ -32,6 +40,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
+import chalice.app
+
 from deploy import CHALICE_DIR, REPO_ROOT
 
 MB = 1024 * 1024
@@ -42,6 +52,9 @@ PLATFORM = "manylinux2014_x86_64"
 FORBIDDEN = {"torch": "torch", "torchvision": "torchvision", "PIL": "Pillow", "numpy": "numpy",
              "sagemaker": "sagemaker"}
 DEFAULT_OUTPUT = REPO_ROOT / "deploy" / "out" / "dogbreeds-lambda.zip"
+# Our top-level packages the Lambda imports besides chalicelib (chalicelib imports them; they import none of ours).
+VENDORED = ("batch",)
+_CACHES = shutil.ignore_patterns("__pycache__", "*.pyc")
 _ZIP_TIME = (1980, 1, 1, 0, 0, 0)
 
 
@@ -121,10 +134,34 @@ def install_requirements(requirements: Path, target: Path, python_version: str) 
     raise error
 
 
+def _copy_vendored(destination: Path, repo_root: Path = REPO_ROOT) -> List[Path]:
+    """Fresh copies of the ``VENDORED`` packages in ``destination`` (older copies there are replaced)."""
+    copies = []
+    for name in VENDORED:
+        copy = destination / name
+        shutil.rmtree(copy, ignore_errors=True)
+        shutil.copytree(repo_root / name, copy, ignore=_CACHES)
+        copies.append(copy)
+    return copies
+
+
+def stage_vendor(app_dir: Path = CHALICE_DIR, repo_root: Path = REPO_ROOT) -> List[Path]:
+    """Copy the ``VENDORED`` packages into ``app_dir/vendor/``, whose contents chalice puts at the
+    Lambda package's root; return the staged folders. Run before ``chalice deploy``/``chalice package``."""
+    vendor = app_dir / "vendor"
+    vendor.mkdir(exist_ok=True)
+    return _copy_vendored(vendor, repo_root)
+
+
 def _copy_app(app_dir: Path, target: Path) -> None:
+    """What chalice puts beside the requirements: its runtime (``chalice/__init__.py`` and
+    ``chalice/app.py``, which app.py imports), app.py, chalicelib/ and (from vendor/) our packages."""
+    (target / "chalice").mkdir()
+    for module in (chalice, chalice.app):
+        shutil.copy2(Path(module.__file__), target / "chalice" / Path(module.__file__).name)
     shutil.copy2(app_dir / "app.py", target / "app.py")
-    shutil.copytree(app_dir / "chalicelib", target / "chalicelib",
-                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    shutil.copytree(app_dir / "chalicelib", target / "chalicelib", ignore=_CACHES)
+    _copy_vendored(target)
 
 
 def write_zip(directory: Path, output: Path) -> None:
@@ -216,7 +253,8 @@ def report(measurement: Measurement, top: int = 8) -> List[str]:
 
 def build(output: Path = DEFAULT_OUTPUT, app_dir: Path = CHALICE_DIR,
           python_version: Optional[str] = None) -> Measurement:
-    """Install the requirements for Lambda, add the app, zip it to ``output``; measure it."""
+    """Install the requirements for Lambda, add the app and the ``VENDORED`` packages, zip it to
+    ``output``; measure it. Raises FetchError when pip cannot get a requirement."""
     python_version = python_version or lambda_python_version()
     with tempfile.TemporaryDirectory(prefix="dogbreeds-lambda-") as temp:
         target = Path(temp) / "package"
@@ -233,6 +271,7 @@ def chalice_package(app_dir: Path = CHALICE_DIR) -> Path:
     temp = Path(tempfile.mkdtemp(prefix="dogbreeds-chalice-"))
     project = temp / "chalice_app"
     shutil.copytree(app_dir, project, ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "deployed", "deployments"))
+    stage_vendor(project)
     config = project / ".chalice" / "config.json"
     if not config.exists():
         config.parent.mkdir(parents=True, exist_ok=True)
@@ -255,10 +294,16 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--python-version", help="the Lambda runtime's Python, e.g. 3.12 (default: chalice's choice)")
     parser.add_argument("--chalice", action="store_true",
                         help="also run `chalice package --pkg-format terraform` and report its deployment.zip")
+    parser.add_argument("--vendor-only", action="store_true",
+                        help=f"only stage {CHALICE_DIR.name}/vendor/ for `chalice deploy` (no network)")
     args = parser.parse_args(argv)
+    staged = stage_vendor()
+    print("staged for chalice deploy: " + ", ".join(f"{p.relative_to(REPO_ROOT).as_posix()}/" for p in staged))
+    if args.vendor_only:
+        return 0
     version = args.python_version or lambda_python_version()
     print(f"Lambda package for python{version} ({PLATFORM}) from {CHALICE_DIR.name}/requirements.txt, "
-          f"app.py and chalicelib/")
+          f"app.py, chalicelib/ and {', '.join(name + '/' for name in VENDORED)}")
     try:
         measurement = build(args.output, python_version=version)
     except FetchError as exc:

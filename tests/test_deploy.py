@@ -8,9 +8,12 @@ import contextlib
 import hashlib
 import io
 import json
+import os
 import re
 import shlex
 import shutil
+import subprocess
+import sys
 import tarfile
 import zipfile
 from fnmatch import fnmatchcase
@@ -224,9 +227,10 @@ NOT_CALLS = {"get_paginator"}
 
 
 def control_plane_calls() -> set:
-    """(client, snake_case operation) of every AWS call in chalicelib/ and app.py, read from the source."""
+    """(client, snake_case operation) of every AWS call in chalicelib/, batch/ and app.py, read from the source."""
     calls = set()
-    for path in sorted((CHALICE_DIR / "chalicelib").glob("*.py")) + [CHALICE_DIR / "app.py"]:
+    shipped = sorted((CHALICE_DIR / "chalicelib").glob("*.py")) + sorted((REPO_ROOT / "batch").glob("*.py"))
+    for path in shipped + [CHALICE_DIR / "app.py"]:
         source = path.read_text(encoding="utf-8")
         for client in ("sagemaker", "s3", "runtime"):
             calls |= {(client, op) for op in re.findall(rf"self\.{client}\.([a-z0-9_]+)\(", source)}
@@ -516,6 +520,7 @@ def test_configure_refuses_a_configuration_the_lambda_would_refuse(tmp_path):
 def test_generated_files_are_ignored_by_git():
     ignored = (REPO_ROOT / ".gitignore").read_text().splitlines()
     assert "/chalice_app/.chalice/" in ignored and "/deploy/out/" in ignored
+    assert "/chalice_app/vendor/" in ignored                                   # batch/, staged for chalice
 
 
 # --- the Lambda package's size check (no network: a small tree stands in for the installed packages) -----
@@ -585,6 +590,95 @@ def test_a_package_pip_cannot_fetch_is_named_with_the_reason():
     error = lambda_package.explain_pip_failure(nothing, "3.12", "ERROR: No matching distribution found for sdistonly\n")
     assert error.package == "sdistonly==2.0" and "did not list it at all" in error.reason
 
+
+# --- what the Lambda package holds (no network: the requirements are this environment's, not pip's) -------
+
+BATCH_MODULES = {"batch/__init__.py", "batch/keys.py", "batch/predictions.py", "batch/transform.py"}
+
+LAMBDA_IMPORT_PROBE = """
+import json, sys
+import app
+import batch, chalicelib
+print(json.dumps({name: sys.modules[name].__file__ for name in ("app", "chalice", "chalicelib", "batch")}))
+"""
+
+
+def _skip_pip(requirements, target, python_version):
+    """install_requirements without the network: the Lambda's requirements are installed here already."""
+
+
+def test_the_lambda_zip_holds_app_chalicelib_and_batch_and_app_imports_from_it(tmp_path, monkeypatch):
+    monkeypatch.setattr(lambda_package, "install_requirements", _skip_pip)
+    measurement = lambda_package.build(tmp_path / "lambda.zip")
+    with zipfile.ZipFile(tmp_path / "lambda.zip") as archive:
+        entries = set(archive.namelist())
+        archive.extractall(tmp_path / "lambda")
+    shipped = {p.relative_to(REPO_ROOT).as_posix() for p in (REPO_ROOT / "batch").rglob("*.py")}
+    assert shipped == BATCH_MODULES                       # a new batch module: add it here, it is shipped
+    assert BATCH_MODULES | {"app.py", "chalice/__init__.py", "chalice/app.py", "chalicelib/control.py"} <= entries
+    assert not [e for e in entries if "__pycache__" in e or e.endswith(".pyc")]
+    assert {name for name, _ in measurement.by_entry} == {"app.py", "chalice", "chalicelib", "batch"} and measurement.ok
+    # As Lambda imports it: from the package's root, which wins over this checkout's installed packages.
+    env = {"PATH": os.environ.get("PATH", ""), "HOME": os.environ.get("HOME", "/tmp"),
+           "AWS_LAMBDA_FUNCTION_NAME": "dogbreeds-dev", "AWS_REGION": REGION}
+    root = tmp_path / "lambda"
+    probe = subprocess.run([sys.executable, "-c", LAMBDA_IMPORT_PROBE], cwd=root, env=env, capture_output=True,
+                           text=True, timeout=60)
+    assert probe.returncode == 0, probe.stderr
+    files = json.loads(probe.stdout.strip().splitlines()[-1])
+    assert files == {"app": str(root / "app.py"), "chalice": str(root / "chalice" / "__init__.py"),
+                     "chalicelib": str(root / "chalicelib" / "__init__.py"),
+                     "batch": str(root / "batch" / "__init__.py")}
+
+
+def test_chalices_own_packager_puts_the_staged_batch_beside_chalicelib_as_our_build_does(tmp_path, monkeypatch):
+    from chalice.deploy.packager import LambdaDeploymentPackager
+    from chalice.utils import UI, OSUtils
+
+    class NoPip:
+        """The requirements are not what this checks, and pip would need the network."""
+        def build_site_packages(self, abi, requirements_filepath, target_directory):
+            pass
+
+    project = tmp_path / "chalice_app"
+    shutil.copytree(CHALICE_DIR, project, ignore=shutil.ignore_patterns("__pycache__", ".chalice", "vendor"))
+    lambda_package.stage_vendor(project)
+    packager = LambdaDeploymentPackager(OSUtils(), NoPip(), UI(out=io.StringIO()))
+    runtime = "python" + lambda_package.lambda_python_version()
+    with zipfile.ZipFile(packager.create_deployment_package(str(project), runtime)) as archive:
+        chalice_zip = set(archive.namelist())
+    assert BATCH_MODULES | {"app.py", "chalicelib/control.py"} <= chalice_zip
+    monkeypatch.setattr(lambda_package, "install_requirements", _skip_pip)
+    lambda_package.build(tmp_path / "ours.zip", app_dir=project)
+    with zipfile.ZipFile(tmp_path / "ours.zip") as archive:
+        assert set(archive.namelist()) == chalice_zip          # besides the requirements, the same files
+
+
+def test_staging_puts_a_fresh_batch_into_chalices_vendor_folder(tmp_path):
+    app_dir = tmp_path / "chalice_app"
+    stale = app_dir / "vendor" / "batch" / "removed_module.py"
+    stale.parent.mkdir(parents=True)
+    stale.write_text("raise ImportError('an old copy')\n")
+    staged = lambda_package.stage_vendor(app_dir)
+    assert staged == [app_dir / "vendor" / "batch"]
+    copied = {p.relative_to(app_dir / "vendor").as_posix() for p in (app_dir / "vendor").rglob("*") if p.is_file()}
+    assert copied == BATCH_MODULES
+    for module in BATCH_MODULES:
+        assert (app_dir / "vendor" / module).read_bytes() == (REPO_ROOT / module).read_bytes()
+
+
+def test_vendor_only_stages_without_building(monkeypatch, capsys):
+    staged = []
+
+    def stage_vendor():
+        staged.append(CHALICE_DIR / "vendor" / "batch")
+        return staged
+
+    monkeypatch.setattr(lambda_package, "stage_vendor", stage_vendor)
+    monkeypatch.setattr(lambda_package, "build", lambda *a, **k: pytest.fail("--vendor-only must not build"))
+    assert lambda_package.main(["--vendor-only"]) == 0
+    assert staged == [CHALICE_DIR / "vendor" / "batch"]
+    assert "staged for chalice deploy: chalice_app/vendor/batch/" in capsys.readouterr().out
 
 def test_the_lambda_may_not_read_images_or_overwrite_inputs():
     policy = lambda_policy()
