@@ -22,11 +22,11 @@ from pathlib import Path
 import pytest
 from aws_support import BUCKET, REGION, ROLE_ARN, FakeAws, jpeg_bytes, state_change
 
+from batch.keys import predictions_key
 from chalicelib import names
 from chalicelib import sagemaker_requests as requests
 from chalicelib.config import BucketLayout, ConfigError, PipelineConfig
 from chalicelib.control import SOURCE_POINTER
-from chalicelib.state import batch_output_key
 from deploy import CHALICE_DIR, REPO_ROOT, configure, iam, lambda_package, package_source
 
 ACCOUNT = ROLE_ARN.split(":")[4]
@@ -404,7 +404,7 @@ def test_every_request_of_a_whole_moto_run_is_allowed_by_the_lambda_policy():
         for action, resource, context in _permissions_of_request(client_of[service], op, params):
             assert allowed(policy, action, resource, context), f"{op} needs {action} on {resource}"
     keys = {params["Key"] for service, op, params in sent if op == "PutObject"}
-    assert keys == {STATE_KEY, "batch/b1/_READY", batch_output_key("b1")}
+    assert keys == {STATE_KEY, "batch/b1/_READY", predictions_key("b1")}
 
 
 # --- the SageMaker execution role ------------------------------------------------------------------
@@ -687,4 +687,4 @@ def test_the_lambda_may_not_read_images_or_overwrite_inputs():
     assert not allowed(policy, "s3:PutObject", f"{bucket}/batch/b1/input/a.jpg")
     assert not allowed(policy, "s3:GetObject", f"{bucket}/datasets/dogs/train/001.Affenpinscher/a.jpg")
     assert allowed(policy, "s3:GetObject", f"{bucket}/batch/b1/output/a.jpg.out")
-    assert allowed(policy, "s3:PutObject", f"{bucket}/{batch_output_key('b1')}")
+    assert allowed(policy, "s3:PutObject", f"{bucket}/{predictions_key('b1')}")

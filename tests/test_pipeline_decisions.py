@@ -1,5 +1,5 @@
 """The control plane's decisions as pure functions: event parsing, dataset layout, the quality gate,
-the predictions summary, and the pipeline state's transitions (idempotent, order-tolerant).
+and the pipeline state's transitions (idempotent, order-tolerant).
 
 Event dicts follow the shapes AWS documents: S3 event notifications (``Records[].s3``), S3 ->
 EventBridge "Object Created" (``detail.bucket``/``detail.object``) and SageMaker's EventBridge
@@ -9,8 +9,6 @@ state changes (``detail`` mirrors the Describe* response).
 from __future__ import annotations
 
 import copy
-import csv
-import io
 import json
 import random
 
@@ -310,43 +308,6 @@ def test_gate_refuses_a_missing_metric():
     assert not decision.deploy and "test:accuracy" in decision.reason and "0.6000" in decision.reason
     nan = pipeline.gate_decision({"dataset": "dogs", "test_acc": float("nan")}, None, 0.6)
     assert not nan.deploy
-
-
-# --- predictions.csv ---------------------------------------------------------------------------------
-
-def _out(*pairs):
-    return json.dumps({"predictions": [
-        {"label": label, "class": f"{i + 1:03d}.{label}", "index": i, "probability": p}
-        for i, (label, p) in enumerate(pairs)]})
-
-
-def test_predictions_csv_exact_output():
-    rows = [("batch/b1/input/z.jpg", _out(("Beagle", 0.7), ("Boxer", 0.2), ("Akita", 0.1))),
-            ("batch/b1/input/a,b.jpg", _out(("Boxer", 0.93), ("Akita", 0.05))),
-            ("batch/b1/input/m.jpg", "<html>502 Bad Gateway</html>")]
-    text = pipeline.predictions_csv(rows)
-    lines = text.splitlines()
-    assert lines[0] == "image_key,top_label,probability,top_k,error"
-    assert lines[1] == '"batch/b1/input/a,b.jpg",Boxer,0.9300,Boxer:0.9300;Akita:0.0500,'
-    assert lines[2].startswith("batch/b1/input/m.jpg,,,,not JSON: ")
-    assert lines[3] == "batch/b1/input/z.jpg,Beagle,0.7000,Beagle:0.7000;Boxer:0.2000;Akita:0.1000,"
-    assert len(lines) == 4
-    parsed = list(csv.DictReader(io.StringIO(text)))
-    assert parsed[0]["image_key"] == "batch/b1/input/a,b.jpg"
-
-
-def test_image_key_for_output():
-    assert pipeline.image_key_for_output("batch/b1/output/sub/x,1.jpg.out", "b1") == "batch/b1/input/sub/x,1.jpg"
-    with pytest.raises(ValueError, match="not a transform output"):
-        pipeline.image_key_for_output("batch/b1/output/predictions.csv", "b1")
-
-
-def test_predictions_csv_never_raises_on_odd_bodies():
-    rows = [("a", json.dumps({"predictions": []})), ("b", json.dumps([1, 2])),
-            ("c", json.dumps({"predictions": [{"label": "X"}]})), ("d", None), ("e", b'{"predictions": 1}')]
-    parsed = list(csv.DictReader(io.StringIO(pipeline.predictions_csv(rows))))
-    assert [r["image_key"] for r in parsed] == ["a", "b", "c", "d", "e"]
-    assert all(r["top_label"] == "" and r["error"] for r in parsed)
 
 
 # --- pipeline state ----------------------------------------------------------------------------------

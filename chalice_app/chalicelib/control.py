@@ -2,7 +2,8 @@
 
 ``ControlPlane`` is given boto3-shaped clients (``s3``, ``sagemaker``, ``sagemaker-runtime``), so the
 same code drives AWS from Lambda and the embedded local runtime's stand-ins on one machine. The
-decisions themselves are the pure functions of ``state``, ``pipeline`` and ``sagemaker_requests``.
+decisions themselves are the pure functions of ``state``, ``pipeline`` and ``sagemaker_requests``
+(and, for a batch's summary, of the ``batch`` package).
 
 Delivery is at least once and unordered, so handling an event is:
 
@@ -25,14 +26,16 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import re
 import time
 from typing import Callable, Dict, List, Optional, Tuple
+
+from batch import keys as batch_keys
+from batch.predictions import predictions_csv
 
 from . import names, predict, sagemaker_requests as requests
 from .config import PipelineConfig
 from .events import BatchRequested, DatasetPublished, EventError, Ignored, JobStateChanged, parse_event
-from .pipeline import check_dataset_layout, final_metrics, image_key_for_output, predictions_csv
+from .pipeline import check_dataset_layout, final_metrics
 from .state import (TERMINAL, Deploy, EnsureServing, PipelineState, Record, StartTraining, StartTransform,
                     StartTuning, WritePredictions,
                     on_batch_requested, on_dataset_published, on_endpoint_changed, on_training_changed,
@@ -42,7 +45,6 @@ log = logging.getLogger("dogbreeds.control")
 
 SOURCE_POINTER = "current.json"       # under the code prefix: {"uri": "s3://.../sourcedir-<digest>.tar.gz", ...}
 SAVE_ATTEMPTS = 5
-BATCH_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 SERVING_STATUSES = ("InService", "Updating", "SystemUpdating")   # an updating endpoint still serves its old model
 # SageMaker refuses UpdateEndpoint in these: the update waits for the endpoint's InService event (EnsureServing).
 CHANGING_STATUSES = ("Creating", "Updating", "SystemUpdating", "RollingBack")
@@ -320,17 +322,18 @@ class ControlPlane:
         self.metric("JobsStarted", 1, {"kind": "endpoint-update"})
 
     def _write_predictions(self, action: WritePredictions) -> None:
-        batch_prefix = f"{self.config.layout.batches}{action.batch_id}/"
+        batches = self.config.layout.batches
         rows = []
-        for key, _ in self._list(batch_prefix + "output/"):
-            if key.endswith(".out"):
+        for key, _ in self._list(batch_keys.output_prefix(action.batch_id, batches)):
+            if key.endswith(batch_keys.OUTPUT_SUFFIX):
                 body = self.s3.get_object(Bucket=self.config.bucket, Key=key)["Body"].read()
-                rows.append((image_key_for_output(key, action.batch_id, self.config.layout.batches), body))
+                rows.append((batch_keys.image_key_for_output(key, action.batch_id, batches), body))
         unclassified = []
         if action.failure_reason:
             done = {image_key for image_key, _ in rows}
             unclassified = [(key, f"not classified: {action.failure_reason}")
-                            for key, _ in self._list(batch_prefix + "input/") if key not in done]
+                            for key, _ in self._list(batch_keys.input_prefix(action.batch_id, batches))
+                            if key not in done]
         self.s3.put_object(Bucket=self.config.bucket, Key=action.output_key,
                            Body=predictions_csv(rows, unclassified).encode("utf-8"), ContentType="text/csv")
         log.info("batch %s: %d predictions and %d unclassified images written to %s", action.batch_id,
@@ -415,10 +418,9 @@ class ControlPlane:
     def request_batch(self, batch_id) -> dict:
         """``POST /batch``: write ``batch/<id>/_READY`` and handle it at once (its S3 event, when it
         arrives, is then a duplicate). Refuses an unknown input folder and a batch already running."""
-        if not isinstance(batch_id, str) or not BATCH_ID.fullmatch(batch_id):
-            raise predict.ApiError(400, "BadRequest", f"batch_id must be 1-100 letters, digits, '.', '_' or '-' "
-                                                      f"starting with a letter or digit, got {batch_id!r}")
-        input_prefix = f"{self.config.layout.batches}{batch_id}/input/"
+        if not batch_keys.is_batch_id(batch_id):
+            raise predict.ApiError(400, "BadRequest", f"batch_id must be {batch_keys.BATCH_ID_RULE}, got {batch_id!r}")
+        input_prefix = batch_keys.input_prefix(batch_id, self.config.layout.batches)
         listing = self.s3.list_objects_v2(Bucket=self.config.bucket, Prefix=input_prefix, MaxKeys=1)
         if not listing.get("Contents"):
             raise predict.ApiError(400, "BadRequest", f"s3://{self.config.bucket}/{input_prefix} has no objects: "

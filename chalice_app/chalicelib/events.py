@@ -33,9 +33,10 @@ from dataclasses import dataclass
 from typing import List, Optional, Union
 from urllib.parse import unquote_plus
 
+from batch.keys import BATCHES_PREFIX
+
 READY = "_READY"
 DATASETS_PREFIX = "datasets/"
-BATCHES_PREFIX = "batch/"
 
 # detail-type -> (kind, name field, status field)
 SAGEMAKER_DETAIL_TYPES = {

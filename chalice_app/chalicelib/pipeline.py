@@ -1,16 +1,14 @@
-"""The control plane's decisions: is a dataset usable, may a model be deployed, what did a batch say.
+"""The control plane's decisions: is a dataset usable, may a model be deployed.
 
-Pure functions over data already fetched (an S3 listing, a training job's metrics, ``.out``
-bodies): no boto3, no I/O, so the Chalice handlers stay thin and every decision is testable.
+Pure functions over data already fetched (an S3 listing, a training job's metrics): no boto3, no
+I/O, so the Chalice handlers stay thin and every decision is testable. What a batch said (its
+``.out`` files as ``predictions.csv``) is the ``batch`` package's.
 
 Standard library only: this module runs on Lambda.
 """
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 import math
 from dataclasses import dataclass, field
 from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
@@ -19,7 +17,6 @@ from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 SPLITS = ("train", "valid", "test")
 TEST_ACCURACY = "test:accuracy"
-CSV_HEADER = ("image_key", "top_label", "probability", "top_k", "error")
 
 
 # --- dataset layout ------------------------------------------------------------------------------
@@ -157,61 +154,3 @@ def gate_decision(candidate: Mapping, deployed: Optional[Mapping], floor: float)
                             f"replaces the model of dataset {deployed.get('dataset')!r} (test accuracy {shown})")
     return decide(True, f"deploy: test accuracy {accuracy:.4f} clears the floor of {floor:.4f}; "
                         f"no model is deployed yet")
-
-
-# --- batch predictions ----------------------------------------------------------------------------
-
-def _format_probability(value: float) -> str:
-    return f"{value:.4f}"
-
-
-def _summarise(body: str) -> Tuple[str, str, str, str]:
-    """(top_label, probability, top_k, error) from one ``.out`` body; error is "" when it parsed."""
-    try:
-        document = json.loads(body)
-    except (TypeError, ValueError) as exc:
-        return "", "", "", f"not JSON: {exc}"
-    predictions = document.get("predictions") if isinstance(document, dict) else None
-    if not isinstance(predictions, list) or not predictions:
-        return "", "", "", "no predictions list in the output"
-    pairs = []
-    for i, p in enumerate(predictions):
-        label = p.get("label") if isinstance(p, dict) else None
-        probability = p.get("probability") if isinstance(p, dict) else None
-        if (not isinstance(label, str) or isinstance(probability, bool)
-                or not isinstance(probability, (int, float))):
-            return "", "", "", f"prediction {i} lacks a label or a numeric probability"
-        pairs.append((label, float(probability)))
-    pairs.sort(key=lambda pair: -pair[1])   # stable: ties keep the handler's order
-    top_label, top_probability = pairs[0]
-    top_k = ";".join(f"{label}:{_format_probability(prob)}" for label, prob in pairs)
-    return top_label, _format_probability(top_probability), top_k, ""
-
-
-def image_key_for_output(output_key: str, batch_id: str, batches_prefix: str = "batch/") -> str:
-    """The input image behind a transform output: batch transform writes the result for
-    ``batch/<id>/input/<path>`` to ``batch/<id>/output/<path>.out``."""
-    output_prefix = f"{batches_prefix}{batch_id}/output/"
-    if not (output_key.startswith(output_prefix) and output_key.endswith(".out")):
-        raise ValueError(f"{output_key!r} is not a transform output under {output_prefix}")
-    return f"{batches_prefix}{batch_id}/input/{output_key[len(output_prefix):-len('.out')]}"
-
-
-def predictions_csv(rows: Iterable[Tuple[str, str]], unclassified: Iterable[Tuple[str, str]] = ()) -> str:
-    """One CSV from per-image ``.out`` bodies (Contract 2's ``{"predictions": [...]}``).
-
-    Columns: ``image_key,top_label,probability,top_k,error``; ``top_k`` is
-    ``label:prob;label:prob`` (probabilities with 4 decimals, highest first); ``error`` is empty
-    for a good row and says what was wrong with a malformed ``.out`` (whose other columns are
-    empty). ``unclassified`` rows are ``(image_key, error)`` for inputs without an output (a transform
-    that failed or was stopped before them). Rows are sorted by image key; never raises on a bad body.
-    """
-    out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(CSV_HEADER)
-    summarised = [(image_key, *_summarise(body.decode("utf-8", "replace")
-                                          if isinstance(body, (bytes, bytearray)) else body))
-                  for image_key, body in rows]
-    summarised += [(image_key, "", "", "", error) for image_key, error in unclassified]
-    writer.writerows(sorted(summarised, key=lambda row: row[0]))
-    return out.getvalue()

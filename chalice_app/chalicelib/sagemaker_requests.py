@@ -7,7 +7,8 @@ and returns the keyword arguments of the boto3 call of the same name::
     sagemaker.create_hyper_parameter_tuning_job(**create_hyper_parameter_tuning_job(config, "dogs", etag, source))
 
 These functions are the single source of truth for every job, on AWS and in the local runtime.
-No I/O here, and nothing beyond the standard library: this module runs on Lambda.
+No I/O here, and nothing beyond the standard library and ``batch`` (the transform request's
+own package): this module runs on Lambda.
 
 The training source package (``sourcedir.tar.gz``) holds the ``training/`` and ``model_code/``
 folders side by side, so the script-mode entry point inside it is ``training/train.py``; the
@@ -21,6 +22,9 @@ import json
 import re
 import unicodedata
 from typing import Dict, List, Mapping, Sequence, Tuple
+
+from batch import keys as batch_keys
+from batch.transform import transform_job_request
 
 from . import names
 from .config import PipelineConfig, TuningConfig, Value, processor_of
@@ -196,12 +200,12 @@ def source_package_uri(config: PipelineConfig, digest: str) -> str:
 
 def batch_input_uri(config: PipelineConfig, batch_id: str) -> str:
     """``s3://<bucket>/batch/<id>/input/`` (Contract 3)."""
-    return _s3(config, f"{config.layout.batches}{_path_segment('batch id', batch_id)}/input/")
+    return _s3(config, batch_keys.input_prefix(_path_segment("batch id", batch_id), config.layout.batches))
 
 
 def batch_output_uri(config: PipelineConfig, batch_id: str) -> str:
     """``s3://<bucket>/batch/<id>/output/``: one ``<image>.out`` per input lands here."""
-    return _s3(config, f"{config.layout.batches}{_path_segment('batch id', batch_id)}/output/")
+    return _s3(config, batch_keys.output_prefix(_path_segment("batch id", batch_id), config.layout.batches))
 
 
 # --- hyperparameters ----------------------------------------------------------------------------
@@ -503,27 +507,11 @@ def create_transform_job(config: PipelineConfig, batch_id: str, marker: str, mod
     """Request for ``create_transform_job``: classify every image under ``batch/<id>/input/``.
 
     In: the configuration, the batch id and its marker (they fix the job's name), the deployed
-    model's name. Out: the request. Each S3 object is one request (``SplitType`` None,
-    ``SingleRecord``) of at most ``max_payload_mb``; results are ``<image>.out`` JSON files under
-    ``batch/<id>/output/``, not concatenated (``AssembleWith`` None).
+    model's name. Out: the request, built by ``batch.transform.transform_job_request`` with the
+    configured ``BatchConfig``: one request per image of at most ``max_payload_mb``, one
+    ``<image>.out`` per input under ``batch/<id>/output/``.
     """
-    batch = config.batch
-    return {
-        "TransformJobName": names.transform_job_name(batch_id, marker),
-        "ModelName": model_name,
-        "MaxConcurrentTransforms": batch.max_concurrent_transforms,
-        "MaxPayloadInMB": batch.max_payload_mb,
-        "BatchStrategy": "SingleRecord",
-        "ModelClientConfig": {"InvocationsTimeoutInSeconds": batch.invocation_timeout_seconds,
-                              "InvocationsMaxRetries": batch.invocation_max_retries},
-        "TransformInput": {
-            "DataSource": {"S3DataSource": {"S3DataType": "S3Prefix", "S3Uri": batch_input_uri(config, batch_id)}},
-            "ContentType": batch.content_type,
-            "CompressionType": "None",
-            "SplitType": "None",
-        },
-        "TransformOutput": {"S3OutputPath": batch_output_uri(config, batch_id), "Accept": batch.accept,
-                            "AssembleWith": "None"},
-        "TransformResources": {"InstanceType": batch.instance_type, "InstanceCount": batch.instance_count},
-        "Tags": resource_tags("transform", "batch", batch_id, marker),
-    }
+    return transform_job_request(
+        names.transform_job_name(batch_id, marker), model_name,
+        batch_input_uri(config, batch_id), batch_output_uri(config, batch_id), config.batch,
+        resource_tags("transform", "batch", batch_id, marker))

@@ -31,6 +31,8 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Dict, List, Optional, Tuple
 
+from batch.keys import BATCHES_PREFIX, predictions_key
+
 from . import names
 from .config import QualityGate
 from .events import BatchRequested, DatasetPublished, JobStateChanged
@@ -190,10 +192,6 @@ def run_key(dataset: str, marker: str) -> str:
     return f"{dataset}/{names.normalise_marker(marker)}"
 
 
-def batch_output_key(batch_id: str, batches_prefix: str = "batch/") -> str:
-    return f"{batches_prefix}{batch_id}/output/predictions.csv"
-
-
 Result = Tuple[PipelineState, list]
 
 
@@ -318,7 +316,7 @@ def on_endpoint_changed(state: PipelineState, event: JobStateChanged) -> Result:
     return new, []
 
 
-def on_batch_requested(state: PipelineState, event: BatchRequested, batches_prefix: str = "batch/") -> Result:
+def on_batch_requested(state: PipelineState, event: BatchRequested, batches_prefix: str = BATCHES_PREFIX) -> Result:
     """``batch/<id>/_READY`` or ``POST /batch``: one transform job per batch id and marker, over the
     deployed model. Without a deployed model the batch is recorded as ``NoModel``."""
     if _seen(state, event.identity):
@@ -329,7 +327,7 @@ def on_batch_requested(state: PipelineState, event: BatchRequested, batches_pref
     existing = new.batches.get(event.batch_id)
     if existing is not None and existing.marker == marker:
         return new, []
-    output_key = batch_output_key(event.batch_id, batches_prefix)
+    output_key = predictions_key(event.batch_id, batches_prefix)
     new.batches.pop(event.batch_id, None)     # a re-run moves to the end: the last batch is the latest
     if new.deployed is None:
         new.batches[event.batch_id] = Batch(event.batch_id, marker, None, NO_MODEL, output_key,
