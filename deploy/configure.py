@@ -143,7 +143,9 @@ def next_steps(bucket: str, role_arn: str, region: str, stage: str, paths: Dict[
         "3. the training code package:",
         f"   python -m deploy.package_source --bucket {q(bucket)} --region {q(region)}",
         "",
-        "4. the control plane (uses your AWS credentials and region; set AWS_DEFAULT_REGION to match):",
+        "4. the control plane (uses your AWS credentials and region; set AWS_DEFAULT_REGION to match);",
+        "   batch/ is staged into its vendor/ folder first, so that chalice ships it beside chalicelib/:",
+        "   python -m deploy.lambda_package --vendor-only",
         f"   cd {q(chalice_dir)} && AWS_DEFAULT_REGION={q(region)} chalice deploy --stage {q(stage)}",
     ]
 

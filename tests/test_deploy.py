@@ -485,6 +485,7 @@ def test_configure_writes_a_chalice_config_whose_environment_the_control_plane_a
             "--notification-configuration '{\"EventBridgeConfiguration\": {}}'") in out
     assert "aws iam create-role --role-name dogbreeds-sagemaker --path /service-role/" in out
     assert f"python -m deploy.package_source --bucket {BUCKET}" in out and "chalice deploy --stage dev" in out
+    assert out.index("python -m deploy.lambda_package --vendor-only") < out.index("chalice deploy --stage dev")
 
     on_disk = json.loads((chalice_dir / ".chalice" / "config.json").read_text())
     assert on_disk["stages"]["prod"] == {"environment_variables": {"X": "1"}}          # other stages kept
