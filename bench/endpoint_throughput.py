@@ -338,7 +338,8 @@ def main(argv=None) -> int:
     import torch
     import torchvision
 
-    from dogbreeds.serving import ModelServer, default_threads, load_handlers, usable_cores
+    from dogbreeds.serving import ModelServer, load_handlers
+    from dogbreeds.serving_threads import default_threads, usable_cores
 
     cores = usable_cores()
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -357,8 +358,8 @@ def main(argv=None) -> int:
         # (a) raw forwards on preprocessed tensors, in the two layouts a CPU can run them: one
         # forward at a time with every core, or one single-threaded forward per core at once
         layouts = [(1, cores)] + ([(cores, 1)] if cores > 1 else [])
-        if (plan["forward_workers"], plan["torch_threads"]) not in layouts:
-            layouts.append((plan["forward_workers"], plan["torch_threads"]))
+        if (plan.forward_workers, plan.torch_threads) not in layouts:
+            layouts.append((plan.forward_workers, plan.torch_threads))
         print(f"raw forward ({args.raw_seconds:g} s per batch size and layout) ...", flush=True)
         raw = {}
         for bs in args.batch_sizes:
@@ -470,9 +471,9 @@ def report(args, torch, torchvision, cores, plan, device, image_facts, raw, best
     print(f"  load average   1/5/15 min: start {loads['start']}, after raw {loads['after raw']}, end {loads['end']}")
     print(f"  model          resnet18, random weights, 133 classes, {args.image_size} px")
     print(f"  images         {image_facts}")
-    lone = f", lone requests {plan['lone_threads']} threads when measured faster" if plan["lone_threads"] else ""
-    print(f"  ours           {plan['forward_workers']} forward worker(s) x {plan['torch_threads']} torch thread(s)"
-          f"{lone}; {plan['decode_slots']} decode slot(s); max batch "
+    lone = f", lone requests {plan.lone_threads} threads when measured faster" if plan.lone_threads else ""
+    print(f"  ours           {plan.forward_workers} forward worker(s) x {plan.torch_threads} torch thread(s)"
+          f"{lone}; {plan.decode_slots} decode slot(s); max batch "
           f"{args.max_batch_size or 'default'}, max wait {'default' if args.max_wait_ms is None else args.max_wait_ms} ms")
     print(f"  serial         one request at a time, batch of 1, {cores} torch thread(s) (torch's default)")
     print()

@@ -2,28 +2,24 @@
 
 ``ModelServer(model_dir)`` serves a model directory as SageMaker's PyTorch container does: it imports
 ``<model_dir>/code/inference.py`` (the handlers shipped inside ``model.tar.gz``), calls its
-``model_fn(model_dir)`` and speaks the container protocol on 127.0.0.1:
-
-- ``GET /ping``: 200 while a model is loaded (503 while stopping);
-- ``POST /invocations`` with ``Content-Type`` and ``Accept``: ``input_fn`` -> forward -> ``output_fn``;
-- ``GET /stats``: this server's counters as JSON (not part of SageMaker's protocol; handy locally).
+``model_fn(model_dir)`` and answers each request with ``input_fn`` -> forward -> ``output_fn``, over
+HTTP on 127.0.0.1 (the container protocol, ``dogbreeds.serving_http``: ``/ping``, ``/invocations``,
+``/stats``) or in this process (``invoke``):
 
     with ModelServer("/tmp/model") as server:          # model.tar.gz extracted there: code/, model.*
         print(server.url)                               # http://127.0.0.1:<free port>
+        reply = server.invoke(jpeg_bytes, "image/jpeg") # Reply(status=200, body=b'{"predictions": ...}', ...)
         server.swap("/tmp/model-v2")                    # new code and weights, no request dropped
 
 Errors: a ``ClientError`` (anything with an integer ``status_code`` 400..499) raised by the handlers
 becomes that status with ``{"message": ...}``; any other exception fails only its own request with
-500 and is logged. ``Content-Length`` is required (411) and checked against the handlers'
-``MAX_BODY_BYTES`` before a byte of the body is read (413, then the connection is closed); unknown
-paths get 404, known paths with the wrong method 405.
+500 and is logged. A body over the handlers' ``MAX_BODY_BYTES`` is 413.
 
-Dynamic batching. ``input_fn`` and ``LoadedModel.preprocess`` run in the request's own thread, so
-requests decode in parallel (measured against preprocessing in the forward worker: 31 vs 33
-requests/s with 8 clients, 33 vs 29-31 with 32 clients; a wash at 8, better at 32, and it keeps the
-forwards, which other requests wait for, short). The preprocessed tensors go into one queue. A free
-forward worker takes up to ``max_batch_size`` images of the oldest model version in the queue,
-``torch.cat``\\ s them and runs one ``LoadedModel.probabilities`` forward under
+Dynamic batching, because a forward of several images costs less than that many forwards of one.
+``input_fn`` and ``LoadedModel.preprocess`` run in the request's own thread, so requests decode in
+parallel and the forwards, which other requests wait for, stay short. The preprocessed tensors go into
+one queue. A free forward worker takes up to ``max_batch_size`` images of the oldest model version in
+the queue, ``torch.cat``\\ s them and runs one ``LoadedModel.probabilities`` forward under
 ``torch.inference_mode()``; each request then gets its rows and calls ``output_fn`` itself.
 A worker waits for more images only while other requests are being read or decoded right now (an
 in-flight counter) and never longer than ``max_wait_ms`` after the oldest queued request: a lone
@@ -37,41 +33,12 @@ module name, so two models with different code live side by side) and warms it u
 reference. Requests that already started keep the model they started with, through the forward and
 ``output_fn``; batches never mix models; nothing is refused during a swap.
 
-Threads. Defaults come from the CPUs this process may use (``os.sched_getaffinity``); nothing needs
-tuning. Measured with ``bench/endpoint_throughput.py`` (resnet18, 224 px, 2 cores, torch 2.14):
-
-- The forward is the work: about 60 ms of one core per image; ``input_fn`` + ``preprocess`` of a
-  photo-sized JPEG about 4 ms, ``output_fn`` 0.06 ms. Keeping a core free for decoding would halve
-  the forward throughput on 2 cores, so decoding simply shares the cores with the forwards.
-- On CPU the forwards run in ``forward_workers`` = one worker per core, each with 1 torch thread
-  (``torch_threads``), not in one forward with a team of all cores. In four bench runs two
-  single-threaded forwards at once beat one 2-thread forward in 17 of 20 (batch size, run) pairs,
-  e.g. at batch 8: 33-39 against 27-37 images/s, and they never oversubscribe: a team of OpenMP
-  threads waits at every barrier for its slowest member, so 2 torch threads on 2 cores slow down
-  1.5-10x (measured here, depending on the competing load) as soon as anything else (a decoding
-  request, a client, another process) takes a core, while single-threaded workers share the CPU.
-- A lone request (nothing else queued, decoding or running) may instead use a team of all cores
-  (``lone_threads``): about 35 ms instead of 60 ms for a batch-1 forward on an idle machine, but
-  300+ ms instead of 70-100 ms when other processes keep a core busy. The server times both (seeded by the
-  warm-up), uses the faster and re-times the other now and then (every 16th lone request when the
-  two are close, rarer the further apart they are); other work waits while a team forward runs. A
-  lone request on the team runs start to end in its own thread (decode, forward: no hand-off), as a
-  one-at-a-time server would; handing it to a worker whose OpenMP team had gone idle cost 5-15 ms.
-- ``max_batch_size`` defaults to 8 on CPU and 32 on CUDA. On CPU images/s hardly grows past a batch
-  of 4-8 while a bigger batch makes its requests wait longer (32 images on one thread: 2 s at
-  224 px; measured with 32 clients: p99 1.1 s with 8 against 1.9 s with 32, same throughput).
-- ``decode_slots`` = cores: at most one ``input_fn`` + ``preprocess`` per core at a time, each with
-  1 torch thread (the resize in ``preprocess``); parallelism comes from decoding several requests
-  at once, not from splitting one image.
-- On CUDA one worker feeds the GPU with 1 CPU thread; decoding gets every core.
-- Passing ``torch_threads`` and/or ``forward_workers`` fixes the layout (no lone team). If
-  ``torch_threads`` > 1 and the workers' threads fill every core, decoding waits while a forward
-  runs (``exclusive_forward``) instead of oversubscribing it.
-- HTTP threads (one per connection, ``ThreadingHTTPServer``) mostly wait on sockets and events.
-
-``torch.set_num_threads`` in a thread sets that thread's OpenMP team size and also the default that
-threads starting their first torch op later inherit; ``stop()`` restores the default seen when the
-server was created. The chosen numbers are logged at ``start()`` and reported by ``stats()``.
+Threads: how many forward workers, torch threads and decode slots, and when a request alone in the
+server runs with a team of every core, is decided from the usable CPUs by ``dogbreeds.serving_threads``
+(the measurements behind it: bench/README.md). ``torch.set_num_threads`` in a thread sets that thread's
+OpenMP team size and also the default that threads starting their first torch op later inherit;
+``stop()`` restores the default seen when the server was created. The chosen numbers are logged at
+``start()`` and reported by ``stats()``.
 
 Not emulated: ``code/requirements.txt`` is not installed (the local runtime's environment already has
 what the project's handlers import), and only ``code/inference.py`` is loaded (``SAGEMAKER_PROGRAM``
@@ -85,103 +52,30 @@ import importlib.util
 import itertools
 import json
 import logging
-import os
-import socket
-import socketserver
 import sys
 import threading
 import time
 from collections import Counter, deque
-from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import ModuleType
-from urllib.parse import urlsplit
 
 import torch
 
+from .serving_http import JSON_TYPE, ContainerHTTPServer, Reply
+from .serving_threads import LoneTuner, default_threads, usable_cores
+
 log = logging.getLogger(__name__)
 
-DEFAULT_MAX_BATCH_SIZE = {"cpu": 8, "cuda": 32}  # per device type; see the module docstring
+# On CPU images/s hardly grows past a batch of 4-8 while a bigger batch makes its requests wait longer.
+DEFAULT_MAX_BATCH_SIZE = {"cpu": 8, "cuda": 32}
 DEFAULT_MAX_WAIT_MS = 5.0
 DEFAULT_MAX_BODY_BYTES = 6 * 1024 * 1024  # SageMaker realtime endpoints; used if the handlers set none
-JSON_TYPE = "application/json"
-IDLE_CONNECTION_TIMEOUT_S = 60.0
-
-ROUTES = {"/ping": ("GET", "HEAD"), "/invocations": ("POST",), "/stats": ("GET",)}
 
 _module_numbers = itertools.count(1)
 
 
 class ModelCodeError(RuntimeError):
     """``code/inference.py`` is missing or lacks a handler the server needs."""
-
-
-def usable_cores() -> int:
-    """CPUs this process may run on (affinity/cgroup cpuset aware where the OS tells)."""
-    if hasattr(os, "sched_getaffinity"):
-        return max(1, len(os.sched_getaffinity(0)))
-    return max(1, os.cpu_count() or 1)
-
-
-def default_threads(cores: int, device_type: str, torch_threads: int | None = None,
-                    forward_workers: int | None = None) -> dict:
-    """The thread plan (see the module docstring for the measurements behind it).
-
-    Returns ``{"forward_workers", "torch_threads", "lone_threads", "decode_slots", "exclusive_forward"}``:
-    ``forward_workers`` threads each run whole forwards with ``torch_threads`` intra-op threads;
-    ``lone_threads`` (or None) is the team a forward may use when it is the only work in the server;
-    ``decode_slots`` requests decode at once; ``exclusive_forward``: decoding waits while a
-    multi-threaded forward runs.
-    """
-    if device_type == "cuda":  # the GPU computes; CPU threads feed it
-        workers, threads = forward_workers or 1, torch_threads or 1
-        return {"forward_workers": workers, "torch_threads": threads, "lone_threads": None,
-                "decode_slots": cores, "exclusive_forward": False}
-    threads = torch_threads or 1
-    workers = forward_workers or max(1, cores // threads)
-    lone = cores if torch_threads is None and forward_workers is None and cores > threads else None
-    return {"forward_workers": workers, "torch_threads": threads, "lone_threads": lone,
-            "decode_slots": cores, "exclusive_forward": threads > 1 and workers * threads >= cores}
-
-
-class _LoneTuner:
-    """Chooses how a request that is alone in the server runs: with a team of all cores or one thread.
-
-    A team of all cores answers a lone request fastest on an idle machine (resnet18, 224 px, 2 cores:
-    33 ms instead of 55 ms) but is several times slower than one thread when other processes keep a
-    core busy (OpenMP threads wait at every barrier for a descheduled peer: 300+ ms instead of 70 ms).
-    So both are timed: an average of seconds per image for each (seeded by the warm-up); the faster
-    one is used and the other is re-timed now and then: after ``explore_every`` lone forwards when the
-    two are close, less often the further apart they are (``explore_every * ratio**2``, at most
-    ``max_interval``), which keeps the cost of re-timing under about 2% of the lone latency.
-    """
-
-    def __init__(self, explore_every: int = 16, max_interval: int = 256, alpha: float = 0.3):
-        self.explore_every, self.max_interval, self.alpha = explore_every, max_interval, alpha
-        self.seconds_per_image: dict[bool, float | None] = {True: None, False: None}
-        self.since_explored = 0
-
-    def interval(self) -> int:
-        team, single = self.seconds_per_image[True], self.seconds_per_image[False]
-        ratio = max(team, single) / max(min(team, single), 1e-9)
-        return int(min(self.max_interval, max(self.explore_every, round(self.explore_every * ratio ** 2))))
-
-    def choose(self) -> bool:
-        """True: run this lone request with the team."""
-        team, single = self.seconds_per_image[True], self.seconds_per_image[False]
-        if team is None or single is None:
-            return team is None
-        best = team <= single
-        self.since_explored += 1
-        if self.since_explored >= self.interval():
-            self.since_explored = 0
-            return not best
-        return best
-
-    def record(self, team: bool, seconds_per_image: float) -> None:
-        old = self.seconds_per_image[team]
-        self.seconds_per_image[team] = seconds_per_image if old is None else old + self.alpha * (seconds_per_image - old)
 
 
 def load_handlers(model_dir) -> ModuleType:
@@ -251,21 +145,9 @@ class _Pending:
         self.rows = self.prediction = self.error = None
 
 
-class _HTTPServer(ThreadingHTTPServer):
-    daemon_threads = True        # never keep the interpreter alive; stop() still joins them
-    block_on_close = True
-    request_queue_size = 128     # a burst of clients connecting at once must not hit a 5-deep backlog
-    app: "ModelServer"
-
-    def server_bind(self):
-        # HTTPServer.server_bind also resolves the host name (socket.getfqdn): a DNS round trip that
-        # can stall without a network and that nothing here uses.
-        socketserver.TCPServer.server_bind(self)
-        self.server_name, self.server_port = self.server_address[:2]
-
-
 class ModelServer:
-    """SageMaker-container-style HTTP server for one model directory, with dynamic batching."""
+    """SageMaker-container-style server for one model directory, with dynamic batching; ``invoke`` in
+    this process, or over HTTP once started."""
 
     def __init__(self, model_dir, host: str = "127.0.0.1", port: int = 0,
                  max_batch_size: int | None = None, max_wait_ms: float = DEFAULT_MAX_WAIT_MS,
@@ -290,8 +172,7 @@ class ModelServer:
         self._team_running = False  # a forward with the lone team runs: other workers wait
         self._closing = False
         self._stop_workers = False
-        self._connections: set = set()
-        self._httpd: _HTTPServer | None = None
+        self._front: ContainerHTTPServer | None = None
         self._threads: list[threading.Thread] = []
         self._versions = itertools.count(1)
         self._swap_lock = threading.Lock()
@@ -300,17 +181,17 @@ class ModelServer:
                        "status": Counter(), "batch_sizes": Counter(), "swaps": 0, "forward_failures": 0,
                        "lone_team_forwards": 0}
         self._cores = usable_cores()
-        self._tuner = _LoneTuner()
+        self._tuner = LoneTuner()
         self._plan_args = (torch_threads, forward_workers)
         self._current = self._load(model_dir, first=True)
 
     def _apply_plan(self, version: _Version) -> None:
         plan = default_threads(self._cores, version.device_type, *self._plan_args)
-        self.forward_workers = plan["forward_workers"]
-        self.torch_threads = plan["torch_threads"]
-        self.lone_threads = plan["lone_threads"]
-        self.decode_slots = plan["decode_slots"]
-        self.exclusive_forward = plan["exclusive_forward"]
+        self.forward_workers = plan.forward_workers
+        self.torch_threads = plan.torch_threads
+        self.lone_threads = plan.lone_threads
+        self.decode_slots = plan.decode_slots
+        self.exclusive_forward = plan.exclusive_forward
         self.max_batch_size = int(self._max_batch_size_arg or DEFAULT_MAX_BATCH_SIZE.get(version.device_type, 8))
 
     # ------------------------------------------------------------------------------------- lifecycle
@@ -362,9 +243,9 @@ class ModelServer:
 
     @property
     def port(self) -> int:
-        if self._httpd is None:
+        if self._front is None:
             raise RuntimeError("server not started: call start() first")
-        return self._httpd.server_address[1]
+        return self._front.port
 
     @property
     def url(self) -> str:
@@ -374,19 +255,22 @@ class ModelServer:
     def model_dir(self) -> Path:
         return self._current.model_dir
 
+    @property
+    def closing(self) -> bool:
+        """``stop()`` has begun: replies close their connection and ``/ping`` says 503."""
+        return self._closing
+
     def start(self) -> "ModelServer":
-        if self._httpd is not None:
+        """Start the forward workers and the HTTP front on ``host``:``port`` (0: a free port)."""
+        if self._front is not None:
             raise RuntimeError("server already started")
-        httpd = _HTTPServer((self.host, self._requested_port), _Handler)
-        httpd.app = self
-        self._httpd = httpd
+        self._front = ContainerHTTPServer((self.host, self._requested_port), self)
         self._closing = self._stop_workers = False
         self._threads = [threading.Thread(target=self._worker_loop, name=f"dogbreeds-serving-forward-{i}",
                                           daemon=True) for i in range(self.forward_workers)]
-        self._threads.append(threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.1},
-                                              name="dogbreeds-serving-http", daemon=True))
         for thread in self._threads:
             thread.start()
+        self._front.start()
         log.info("serving %s at %s: %d usable cores; %d forward worker(s) on %s with %d torch thread(s) "
                  "each%s; up to %d request(s) decoding at once with 1 torch thread each (%s); "
                  "max batch %d images, max wait %g ms",
@@ -401,35 +285,21 @@ class ModelServer:
 
     def stop(self, timeout: float = 30.0) -> None:
         """Stop accepting, let started requests finish, close idle connections, join every thread."""
-        httpd = self._httpd
-        if httpd is None:
+        front = self._front
+        if front is None:
             return
-        httpd.shutdown()  # no new connections
+        front.stop_accepting()
         with self._lock:
             self._closing = True
             self._work.notify_all()
-            connections = list(self._connections)
-        for handler in connections:  # idle keep-alive connections: wake their readline with EOF
-            if not handler.busy:
-                _shutdown_socket(handler.connection)
-        deadline = time.monotonic() + timeout
-        while True:  # busy ones finish their request (the workers still run), then close
-            with self._lock:
-                left = [h for h in self._connections if h.busy]
-            if not left or time.monotonic() > deadline:
-                break
-            time.sleep(0.01)
-        with self._lock:
-            for handler in self._connections:
-                _shutdown_socket(handler.connection)
-        httpd.server_close()  # joins the connection threads
+        front.close(timeout)  # the workers still run: requests in progress get their answer
         with self._lock:
             self._stop_workers = True
             self._work.notify_all()
         for thread in self._threads:
             thread.join(timeout)
         self._threads = []
-        self._httpd = None
+        self._front = None
         # Put back the torch thread default that threads inherit (set_num_threads in a throwaway thread
         # changes that default without touching the caller's own OpenMP team).
         restore = threading.Thread(target=torch.set_num_threads, args=(self._torch_default,),
@@ -480,16 +350,25 @@ class ModelServer:
 
     # ---------------------------------------------------------------------------------- request path
 
-    def _count(self, status: int) -> None:
+    def invoke(self, body: bytes, content_type: str | None = None, accept: str | None = None) -> Reply:
+        """One ``/invocations`` request in this process: the body with its ``Content-Type`` and
+        ``Accept`` in, the status, body and content type the HTTP front would send out. The server
+        must be started: its forward workers answer."""
+        invocation = self.begin()
+        return invocation.refuse_oversized(len(body)) or invocation.finish(body, content_type, accept)
+
+    def begin(self) -> "Invocation":
+        """A request's headers are in: count it as in flight (a batch forming waits for it) and pin the
+        model it will use. End it with ``finish`` or ``abandon``."""
+        with self._lock:
+            self._in_flight += 1
+            return Invocation(self, self._current)
+
+    def count_reply(self, status: int) -> None:
+        """Count a reply in ``stats()`` (the HTTP front counts the protocol errors it sends itself)."""
         with self._lock:
             self._stats["requests"] += 1
             self._stats["status"][status] += 1
-
-    def _begin(self) -> _Version:
-        """A request's headers are in: count it as in flight and pin the model it will use."""
-        with self._lock:
-            self._in_flight += 1
-            return self._current
 
     def _abandon(self) -> None:
         """The request failed before reaching the queue."""
@@ -561,8 +440,8 @@ class ModelServer:
 
     def _predict_alone(self, version: _Version, body: bytes, content_type):
         """A lone request start to end in this thread with the lone team: decode, preprocess, forward,
-        with no hand-off, as a one-request-at-a-time server does (measured: a hand-off to a worker
-        whose OpenMP team had gone idle cost 5-15 ms per request on this 2-vCPU machine)."""
+        with no hand-off, as a one-request-at-a-time server does: a hand-off to a worker whose OpenMP
+        team has gone idle costs the request milliseconds (bench/README.md)."""
         started = size = None
         failed = True
         try:
@@ -709,156 +588,39 @@ class ModelServer:
             return True
 
 
-def _shutdown_socket(sock) -> None:
-    try:
-        sock.shutdown(socket.SHUT_RDWR)
-    except OSError:
-        pass
+class Invocation:
+    """One request from the moment its headers are in (``ModelServer.begin``) until it is answered
+    or abandoned, on the model that was current then."""
 
-
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"  # keep-alive: clients reuse their connection
-    server_version = "dogbreeds-serving"
-    disable_nagle_algorithm = True  # headers and body go out in separate writes
-    timeout = IDLE_CONNECTION_TIMEOUT_S
-    busy = False
-    _expect_continue = False
+    def __init__(self, server: ModelServer, version: _Version):
+        self._server, self._version = server, version
 
     @property
-    def app(self) -> ModelServer:
-        return self.server.app
+    def max_body_bytes(self) -> int:
+        return self._version.max_body_bytes
 
-    def setup(self):
-        super().setup()
-        with self.app._lock:
-            self.app._connections.add(self)
+    def refuse_oversized(self, length: int) -> Reply | None:
+        """The 413 reply (the request then ends, counted) when a body of ``length`` bytes is over the
+        model's limit; None when it may be read."""
+        limit = self.max_body_bytes
+        if length <= limit:
+            return None
+        self.abandon()
+        self._server.count_reply(413)
+        return Reply.error(413, f"request body is {length:,} bytes, over the limit of {limit:,} bytes "
+                                f"({limit / 2**20:g} MiB)")
 
-    def finish(self):
-        with self.app._lock:
-            self.app._connections.discard(self)
-        try:
-            super().finish()
-        except OSError:
-            pass
+    def abandon(self) -> None:
+        """The request ends before its body reached the model (a short or refused body)."""
+        self._server._abandon()
 
-    def handle_one_request(self):
-        self.busy = False
-        if self.app._closing:
-            self.close_connection = True
-            return
-        try:
-            super().handle_one_request()
-        except (ConnectionError, BrokenPipeError):
-            self.close_connection = True
-        finally:
-            self.busy = False
-
-    def parse_request(self):
-        self.busy = True
-        self._expect_continue = False
-        return super().parse_request()
-
-    def handle_expect_100(self):
-        self._expect_continue = True  # answered with 100 only once the length is acceptable
-        return True
-
-    def log_message(self, format, *args):
-        log.debug("%s %s", self.address_string(), format % args)
-
-    def send_error(self, code, message=None, explain=None):
-        """Errors found by http.server itself (bad request line, unknown method): JSON, then close."""
-        self.close_connection = True
-        self._reply(int(code), {"message": message or HTTPStatus(code).phrase}, close=True)
-
-    # ---------------------------------------------------------------------------------- responses
-
-    def _reply(self, status: int, payload, content_type: str = JSON_TYPE, close: bool = False,
-               headers=()) -> None:
-        body = payload if isinstance(payload, bytes) else json.dumps(payload).encode("utf-8")
-        if self.app._closing:
-            close = True
-        try:
-            self.send_response(status)
-            self.send_header("Content-Type", content_type)
-            self.send_header("Content-Length", str(len(body)))
-            for name, value in headers:
-                self.send_header(name, value)
-            if close:
-                self.send_header("Connection", "close")
-                self.close_connection = True
-            self.end_headers()
-            if self.command != "HEAD":
-                self.wfile.write(body)
-        except OSError:  # the client went away
-            self.close_connection = True
-
-    def _error(self, status: int, message: str, close: bool = False, headers=()) -> None:
-        self.app._count(status)
-        self._reply(status, {"message": message}, close=close, headers=headers)
-
-    # ---------------------------------------------------------------------------------- routing
-
-    def _dispatch(self):
-        path = urlsplit(self.path).path
-        has_body = self.headers.get("Content-Length") not in (None, "0") or "Transfer-Encoding" in self.headers
-        allowed = ROUTES.get(path)
-        if allowed is None:
-            self._error(404, f"no such path {path!r}: the endpoint serves GET /ping and POST /invocations",
-                        close=has_body)
-        elif self.command not in allowed:
-            self._error(405, f"{self.command} is not allowed on {path}: use {' or '.join(allowed)}",
-                        close=has_body, headers=[("Allow", ", ".join(allowed))])
-        elif path == "/ping":
-            ok = not self.app._closing
-            self._reply(200 if ok else 503, {"status": "healthy" if ok else "stopping"}, close=has_body)
-        elif path == "/stats":
-            self._reply(200, self.app.stats(), close=has_body)
-        else:
-            self._invocations()
-
-    do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = do_OPTIONS = _dispatch
-
-    def _invocations(self):
-        app = self.app
-        length_text = self.headers.get("Content-Length")
-        if length_text is None:
-            chunked = "chunked" in self.headers.get("Transfer-Encoding", "").lower()
-            self._error(411, "Content-Length is required"
-                             + (" (chunked bodies are not accepted)" if chunked else ""), close=True)
-            return
-        if not length_text.strip().isdigit():
-            self._error(400, f"Content-Length {length_text!r} is not a non-negative integer", close=True)
-            return
-        length = int(length_text.strip())
-        version = app._begin()  # in flight from here until queued or failed
-        try:
-            limit = version.max_body_bytes
-            if length > limit:  # refuse before reading: the rest of the body is never read
-                app._abandon()
-                self._error(413, f"request body is {length:,} bytes, over the limit of {limit:,} bytes "
-                                 f"({limit / 2**20:g} MiB)", close=True)
-                return
-            if self._expect_continue:
-                self.send_response_only(100)
-                self.end_headers()
-            body = self.rfile.read(length) if length else b""
-        except BaseException:
-            app._abandon()
-            raise
-        if len(body) != length:
-            app._abandon()
-            self._error(400, f"body ended after {len(body):,} of {length:,} bytes", close=True)
-            return
-        self._run(version, body)
-
-    def _run(self, version: _Version, body: bytes) -> None:
-        app = self.app
-        content_type = self.headers.get("Content-Type")
-        accept = self.headers.get("Accept")
+    def finish(self, body: bytes, content_type: str | None, accept: str | None) -> Reply:
+        """Run the body through the handlers: ``input_fn``, the (batched) forward, ``output_fn``."""
+        server, version = self._server, self._version
         if not accept or accept.strip() == "*/*":  # as the toolkit does before calling output_fn
             accept = JSON_TYPE
         try:
-            prediction = app._predict(version, body, content_type)
+            prediction = server._predict(version, body, content_type)
             result = version.module.output_fn(prediction, accept)
             payload, reply_type = result if isinstance(result, tuple) else (result, accept)
             if isinstance(payload, str):
@@ -869,9 +631,10 @@ class _Handler(BaseHTTPRequestHandler):
             status = version.client_status(exc)
             if status is None:
                 log.exception("request to model %d failed", version.number)
-                self._error(500, f"internal error: {type(exc).__name__}: {str(exc)[:300]}")
+                reply = Reply.error(500, f"internal error: {type(exc).__name__}: {str(exc)[:300]}")
             else:
-                self._error(status, str(getattr(exc, "message", None) or exc))
-            return
-        app._count(200)
-        self._reply(200, bytes(payload), content_type=str(reply_type))
+                reply = Reply.error(status, str(getattr(exc, "message", None) or exc))
+            server.count_reply(reply.status)
+            return reply
+        server.count_reply(200)
+        return Reply(200, bytes(payload), str(reply_type))

@@ -531,6 +531,12 @@ def test_path_of_and_prefix_path_name_files_inside_the_bucket(s3, tmp_path):
     assert s3.prefix_path(BUCKET, "") == bucket
     assert failure(lambda: s3.prefix_path(BUCKET, "../")).response["Error"]["Code"] == "InvalidArgument"
     assert failure(lambda: s3.prefix_path("no-such-bucket", "x/")).response["Error"]["Code"] == "NoSuchBucket"
+    # an s3:// URI names the same file or folder, as a job's channel, source package or model archive
+    assert s3.path_of_uri(f"s3://{BUCKET}/code/sourcedir.tar.gz").read_bytes() == b"tar"
+    assert s3.path_of_uri(f"s3://{BUCKET}/datasets/dogs/train/") == bucket / "datasets" / "dogs" / "train"
+    assert s3.path_of_uri(f"s3://{BUCKET}") == bucket
+    with pytest.raises(ValueError, match="not an s3:// URI"):
+        s3.path_of_uri(f"{BUCKET}/code/sourcedir.tar.gz")
 
 
 # --- the same answers as boto3 against S3 (moto) -----------------------------------------------------

@@ -22,7 +22,8 @@ import pytest
 from chalicelib import sagemaker_requests as requests
 from chalicelib.config import CategoricalRange, PipelineConfig, TuningConfig
 from dogbreeds.localaws.s3 import LocalS3
-from dogbreeds.localaws.sagemaker import LocalSageMaker, MetricParser
+from dogbreeds.localaws.sagemaker import LocalSageMaker
+from dogbreeds.localaws.training_jobs import MetricParser
 
 BUCKET = "local-test"
 FAKE_TRAIN = r'''

@@ -19,6 +19,7 @@ import shutil
 import socket
 import threading
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -26,8 +27,9 @@ import pytest
 import torch
 from PIL import Image
 
-from dogbreeds import serving
+from dogbreeds import serving, serving_threads
 from dogbreeds.serving import ModelServer
+from dogbreeds.serving_http import Reply
 from dogbreeds.synthetic import render_image
 from model_code import inference as inf
 
@@ -259,6 +261,27 @@ def test_ping_and_served_predictions_equal_the_handlers(server, images, direct_a
     stats = server.stats()
     assert stats["batch_sizes"].get("5") == 1  # the five images of that request: one forward of 5
     assert stats["status"]["200"] == len(images) + 4 and stats["requests"] == len(images) + 4
+
+
+def test_invoke_in_this_process_answers_as_the_http_front_does(server, images, direct_a):
+    body, content_type = images[3]
+    reply = server.invoke(body, content_type)  # no Accept: JSON, as over HTTP
+    assert reply.status == 200 and reply.content_type == "application/json"
+    assert_same_predictions(json.loads(reply.body), direct_a(body, content_type))
+    status, _, doc = invoke(server, body, content_type)
+    assert status == 200 and doc == json.loads(reply.body)
+    reply = server.invoke(body, content_type, "application/json; top_k=2")
+    assert reply.status == 200 and len(json.loads(reply.body)["predictions"]) == 2
+
+    reply = server.invoke(b"", "image/jpeg")
+    assert reply.status == 400 and reply.content_type == "application/json"
+    assert "empty body" in json.loads(reply.body)["message"]
+    limit = inf.MAX_BODY_BYTES
+    reply = server.invoke(b"\xff" * (limit + 1), "image/jpeg")  # refused before the handlers see it
+    assert reply == Reply.error(413, f"request body is {limit + 1:,} bytes, over the limit of {limit:,} bytes "
+                                     f"({limit / 2**20:g} MiB)")
+    stats = server.stats()
+    assert stats["status"] == {"200": 3, "400": 1, "413": 1} and stats["in_flight"] == 0
 
 
 def test_concurrent_requests_get_their_own_answers_and_share_forwards(model_a, images, direct_a):
@@ -553,7 +576,8 @@ def test_stop_closes_the_port_and_leaves_no_thread_running(model_a, images):
 
 
 def test_thread_plan():
-    plan = serving.default_threads
+    def plan(*args, **kwargs) -> dict:
+        return asdict(serving_threads.default_threads(*args, **kwargs))
     # CPU defaults: one single-threaded forward worker per core, all cores for a lone request
     assert plan(2, "cpu") == {"forward_workers": 2, "torch_threads": 1, "lone_threads": 2,
                               "decode_slots": 2, "exclusive_forward": False}
@@ -568,7 +592,7 @@ def test_thread_plan():
 
 
 def test_lone_tuner_uses_the_faster_way_and_re_times_the_other():
-    tuner = serving._LoneTuner(explore_every=4, max_interval=64)
+    tuner = serving_threads.LoneTuner(explore_every=4, max_interval=64)
     assert tuner.choose() is True           # nothing timed: try the team
     tuner.record(True, 0.300)               # the team is slow (a busy machine)
     assert tuner.choose() is False          # now try one thread
@@ -585,7 +609,7 @@ def test_lone_tuner_uses_the_faster_way_and_re_times_the_other():
 
 def test_default_threads_and_the_start_log(model_a, images, caplog):
     caplog.set_level(logging.INFO, logger="dogbreeds.serving")
-    cores = serving.usable_cores()
+    cores = serving_threads.usable_cores()
     body, content_type = images[0]
     with ModelServer(model_a, max_wait_ms=500) as srv:
         assert srv.host == "127.0.0.1"

@@ -48,6 +48,7 @@ from typing import Dict, Iterator, Optional, Tuple, Union
 
 from botocore.exceptions import ClientError, OperationNotPageableError, PaginationError, ParamValidationError
 from botocore.response import StreamingBody
+from chalicelib.sagemaker_requests import split_s3_uri
 
 META_DIR = ".meta"
 LOCK_DIR = ".locks"
@@ -446,6 +447,11 @@ class LocalS3:
         if not folder:
             return self._bucket_dir(bucket, "ListObjectsV2")
         return self._locate(bucket, folder, "ListObjectsV2")
+
+    def path_of_uri(self, uri: str) -> Path:
+        """The file or folder an ``s3://<bucket>/<key or prefix>`` URI names here (see ``prefix_path``):
+        jobs read their channels, source package and model archive in place."""
+        return self.prefix_path(*split_s3_uri(uri))
 
     @contextmanager
     def _locked(self, bucket: str):

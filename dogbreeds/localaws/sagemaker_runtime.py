@@ -12,7 +12,8 @@ import io
 
 from botocore.exceptions import ClientError
 
-from .sagemaker import ACCOUNT, LocalSageMaker
+from .resources import ACCOUNT
+from .sagemaker import LocalSageMaker
 from .transform import post
 
 

@@ -12,11 +12,21 @@ still run.
 
 from __future__ import annotations
 
+import logging
 import threading
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Callable
+
+from chalicelib.sagemaker_requests import split_s3_uri
+
+from .job_threads import JobThreads
+from .records import now
+from .resources import Resources
+
+log = logging.getLogger(__name__)
 
 TIMEOUT_SECONDS = 120
 
@@ -48,10 +58,9 @@ def post(url: str, body: bytes, content_type: str, accept: str, timeout: float =
         return error.code, error.read()
 
 
-def run(sagemaker, record: dict, model_dir: Path, stopping: threading.Event):
-    """Run one transform job; returns (objects written, objects skipped as done, failures)."""
-    from .sagemaker import split_s3_uri
-    s3 = sagemaker.s3
+def transform_objects(s3, server_factory: Callable, record: dict, model_dir: Path, stopping: threading.Event):
+    """Send the objects of one transform job through a server of ``model_dir``; returns (objects
+    written, objects skipped as done, failures)."""
     source = record["TransformInput"]["DataSource"]["S3DataSource"]["S3Uri"]
     in_bucket, in_prefix = split_s3_uri(source)
     out_bucket, out_prefix = split_s3_uri(record["TransformOutput"]["S3OutputPath"])
@@ -71,7 +80,7 @@ def run(sagemaker, record: dict, model_dir: Path, stopping: threading.Event):
         return 0, skipped, []
     failures, written = [], [0]
     lock = threading.Lock()
-    server = sagemaker.server_factory(model_dir)
+    server = server_factory(model_dir)
     server.start()
     try:
         def one(item):
@@ -98,3 +107,50 @@ def run(sagemaker, record: dict, model_dir: Path, stopping: threading.Event):
     finally:
         server.stop()
     return written[0], skipped, sorted(failures)
+
+
+class TransformJobs:
+    def __init__(self, resources: Resources, threads: JobThreads, s3, model_dir: Callable[[str], Path],
+                 server_factory: Callable):
+        self.resources = resources
+        self.records = resources.records
+        self.threads = threads
+        self.s3 = s3
+        self.model_dir = model_dir          # model name -> its unpacked model.tar.gz
+        self.server_factory = server_factory
+
+    def create(self, request: dict) -> dict:
+        """CreateTransformJob: the model must exist; the job runs in a thread."""
+        name = request["TransformJobName"]
+        self.resources.require_new("transform", name, "CreateTransformJob")
+        self.resources.describe("model", request["ModelName"], "CreateTransformJob")
+        record = {**request, "TransformJobArn": self.resources.arn("transform", name),
+                  "TransformJobStatus": "InProgress", "CreationTime": now().isoformat(),
+                  "LastModifiedTime": now().isoformat()}
+        self.records.put("transform", name, record)
+        self.resources.emit("transform", record)
+        self.threads.start(self._run, name, name=f"transform-{name}")
+        return {"TransformJobArn": record["TransformJobArn"]}
+
+    def _run(self, name: str) -> None:
+        record = self.records.get("transform", name)
+        self.resources.set_status("transform", name, "InProgress", emit=False, TransformStartTime=now().isoformat())
+        stopping = self.threads.stopping
+        try:
+            model_dir = self.model_dir(record["ModelName"])
+            done, skipped, failures = transform_objects(self.s3, self.server_factory, record, model_dir, stopping)
+        except Exception as exc:
+            log.exception("transform job %s failed", name)
+            self.resources.set_status("transform", name, "Failed", FailureReason=f"{type(exc).__name__}: {exc}",
+                                      TransformEndTime=now().isoformat())
+            return
+        ended = now().isoformat()
+        counts = {"_Written": done, "_Skipped": skipped, "TransformEndTime": ended}
+        if stopping.is_set():
+            self.resources.set_status("transform", name, "Stopped", **counts)
+        elif failures:
+            shown = "; ".join(failures[:3]) + (f"; and {len(failures) - 3} more" if len(failures) > 3 else "")
+            self.resources.set_status("transform", name, "Failed", FailureReason=f"ClientError: {len(failures)} of "
+                                      f"{done + skipped + len(failures)} objects failed: {shown}", **counts)
+        else:
+            self.resources.set_status("transform", name, "Completed", **counts)
