@@ -55,6 +55,12 @@ class ClientError(_ToolkitError):
         return self.message
 
 
+def display_label(class_folder: str) -> str:
+    """The label shown to people (Contract 1): the class folder name without its numeric prefix,
+    ``001.Affenpinscher`` -> ``Affenpinscher``; a name without one is returned as it is."""
+    return re.sub(r"^\d+\.", "", class_folder)
+
+
 def build_network(arch: str, num_classes: int) -> nn.Module:
     """A torchvision ResNet with random weights and a new ``fc`` head of ``num_classes`` outputs."""
     if arch not in ARCHITECTURES:
@@ -291,7 +297,7 @@ def _read_model_json(path: Path) -> dict:
     classes = meta.get("classes")
     if not isinstance(classes, list) or not classes or not all(isinstance(c, str) for c in classes):
         raise bad('"classes" must be a non-empty list of class folder names')
-    labels = meta.setdefault("labels", [re.sub(r"^\d+[._-]", "", c) for c in classes])
+    labels = meta.setdefault("labels", [display_label(c) for c in classes])
     if not isinstance(labels, list) or len(labels) != len(classes) or not all(isinstance(x, str) for x in labels):
         raise bad(f'"labels" must be a list of {len(classes)} strings, one per class')
     size = meta.setdefault("image_size", 224)
