@@ -1,6 +1,6 @@
 """``POST /predict`` through Chalice's test client on moto, fed a corpus of bad requests: the right status
 and message for each, never a 500, and the server still answering afterwards; good requests forwarded
-exactly."""
+exactly. What Lambda checks and what the endpoint's handlers check: tests/test_predict_contract.py."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from chalicelib import names
 from chalicelib.config import HostingConfig
 from chalicelib.predict import SUPPORTED_TYPES
 from chalicelib.state import DeployedModel, Endpoint, PipelineState
+from model_code import inference
 
 JSON = "application/json"
 IMAGE = jpeg_bytes()
@@ -48,32 +49,50 @@ B64 = b64(IMAGE)
 RANDOM_BYTES = b"\x00" + random.Random(7).randbytes(511)
 SIX_MIB = 6 * 2**20
 
+def judged_by_the_handler(id: str, body: bytes, content_type: str = "image/jpeg", status: int = 400,
+                          message: str = "") -> Case:
+    """A request Lambda forwards because only the endpoint's handlers can judge it (the image bytes, the
+    JSON document): the endpoint answers with their refusal, which comes back with its status and message."""
+    try:
+        inference.input_fn(body, content_type)
+    except inference.ClientError as refusal:
+        reply = (refusal.status_code, {"message": refusal.message})
+    else:
+        raise AssertionError(f"{id}: the handlers accept this request")
+    return Case(id, body, content_type, status=status, message=message, reply=reply, forwarded=True)
+
+
 BAD_REQUESTS = [
     Case("empty body", b"", message="the body is empty"),
-    Case("random bytes as image/jpeg", RANDOM_BYTES, message="the body is not an image"),
-    Case("text as image/png", b"this is text, not a PNG", "image/png", message="the body is not an image"),
+    judged_by_the_handler("random bytes as image/jpeg", RANDOM_BYTES,
+                          message="not an image: the data is not JPEG, PNG, WebP, GIF, BMP or TIFF"),
+    judged_by_the_handler("text as image/png", b"this is text, not a PNG", "image/png",
+                          message="not an image: the data is not JPEG, PNG, WebP, GIF, BMP or TIFF"),
     Case("truncated JPEG header: the endpoint refuses it", b"\xff\xd8\xff", forwarded=True,
          reply=(400, {"message": "image file is truncated (3 bytes not processed)"}),
          message="image file is truncated (3 bytes not processed)"),
-    Case("JSON not UTF-8", b'{"image": "\xff\xfe"}', JSON, message="the JSON body is not UTF-8 text"),
-    Case("malformed JSON", b'{"image": ', JSON, message="the body is not valid JSON"),
-    Case("JSON array", js([B64]), JSON, message="the JSON body must be an object"),
-    Case("JSON with neither image nor images", js({"top_k": 3}), JSON, message='exactly one of "image"'),
-    Case("JSON with both image and images", js({"image": B64, "images": [B64]}), JSON,
-         message='exactly one of "image"'),
-    Case("bad base64", js({"image": "not base64!"}), JSON, message='"image" is not valid base64'),
-    Case("base64 of text", js({"image": b64(b"hello")}), JSON, message='the decoded "image" is not an image'),
-    Case("empty images list", js({"images": []}), JSON, message='"images" must be a non-empty list'),
-    Case("a bad image among images", js({"images": [B64, "%%%"]}), JSON, message='"images[1]" is not valid base64'),
-    Case("65 images", js({"images": [B64] * 65}), JSON, status=413, message='"images" has 65 images; the limit is 64'),
-    Case("top_k=0", IMAGE, query="?top_k=0", message="top_k must be a whole number from 1 to 1000, got 0"),
-    Case("top_k=-1", IMAGE, query="?top_k=-1", message="top_k must be a whole number from 1 to 1000, got -1"),
-    Case("top_k=abc", IMAGE, query="?top_k=abc", message="top_k must be a whole number from 1 to 1000, got 'abc'"),
-    Case("top_k=1.5", IMAGE, query="?top_k=1.5", message="top_k must be a whole number from 1 to 1000, got '1.5'"),
-    Case("top_k true in JSON", js({"image": B64, "top_k": True}), JSON,
-         message="top_k must be a whole number from 1 to 1000, got True"),
-    Case("top_k 2.0 in JSON", js({"image": B64, "top_k": 2.0}), JSON,
-         message="top_k must be a whole number from 1 to 1000, got 2.0"),
+    judged_by_the_handler("JSON not UTF-8", b'{"image": "\xff\xfe"}', JSON,
+                          message="invalid JSON: the body is not UTF-8 text"),
+    judged_by_the_handler("malformed JSON", b'{"image": ', JSON, message="invalid JSON: Expecting value"),
+    judged_by_the_handler("JSON array", js([B64]), JSON, message="JSON body is an array, not an object"),
+    judged_by_the_handler("JSON with neither image nor images", js({"top_k": 3}), JSON,
+                          message='JSON body has no "image" and "images" fields'),
+    judged_by_the_handler("JSON with both image and images", js({"image": B64, "images": [B64]}), JSON,
+                          message='JSON body has both "image" and "images" fields'),
+    judged_by_the_handler("bad base64", js({"image": "not base64!"}), JSON, message="image is not valid base64"),
+    judged_by_the_handler("base64 of text", js({"image": b64(b"hello")}), JSON, message="image: not an image"),
+    judged_by_the_handler("empty images list", js({"images": []}), JSON, message='"images" is an empty list'),
+    judged_by_the_handler("a bad image among images", js({"images": [B64, "%%%"]}), JSON,
+                          message="images[1] is not valid base64"),
+    judged_by_the_handler("65 images", js({"images": [B64] * 65}), JSON, status=413,
+                          message="65 images in one request, over the limit of 64"),
+    Case("top_k=-1", IMAGE, query="?top_k=-1", message="top_k must be a non-negative integer, got '-1'"),
+    Case("top_k=abc", IMAGE, query="?top_k=abc", message="top_k must be a non-negative integer, got 'abc'"),
+    Case("top_k=1.5", IMAGE, query="?top_k=1.5", message="top_k must be a non-negative integer, got '1.5'"),
+    judged_by_the_handler("top_k true in JSON", js({"image": B64, "top_k": True}), JSON,
+                          message='JSON field "top_k" must be a non-negative integer, got True'),
+    judged_by_the_handler("top_k 2.0 in JSON", js({"image": B64, "top_k": 2.0}), JSON,
+                          message='JSON field "top_k" must be a non-negative integer, got 2.0'),
     Case("body over 6 MiB", b"\xff\xd8\xff" + bytes(SIX_MIB - 2), status=413,
          message="the body is 6,291,457 bytes; the endpoint accepts at most 6,291,456 bytes (6 MiB)"),
     Case("text/plain", b"hello", "text/plain", status=415, message="'text/plain' is not supported"),
@@ -140,10 +159,13 @@ GOOD_REQUESTS = [
     Good("PNG as image/png", PNG, "image/png", "image/png"),
     Good("top_k as a query parameter", IMAGE, "image/jpeg", "image/jpeg", query="?top_k=2",
          accept="application/json; top_k=2"),
+    Good("top_k=0, which the handlers clamp to 1", IMAGE, "image/jpeg", "image/jpeg", query="?top_k=0",
+         accept="application/json; top_k=0"),
     Good("base64 JSON image", js({"image": B64}), JSON, JSON),
     Good("base64 JSON image as a data URL", js({"image": "data:image/jpeg;base64," + B64}), JSON, JSON),
-    Good("base64 JSON images, top_k in the body wins", js({"images": [B64, b64(PNG)], "top_k": 3}),
-         "application/json; charset=utf-8", JSON, query="?top_k=2", accept="application/json; top_k=3"),
+    Good("base64 JSON images: the body and its top_k go as they came, the query's top_k in Accept",
+         js({"images": [B64, b64(PNG)], "top_k": 3}), "application/json; charset=utf-8", JSON, query="?top_k=2",
+         accept="application/json; top_k=2"),
     Good("an Updating endpoint still serves its model", IMAGE, "image/jpeg", "image/jpeg", serving="Updating"),
 ]
 

@@ -420,6 +420,8 @@ BAD_INPUTS = {
     "top-k-bool": ('{"image": "aGVsbG8=", "top_k": true}', "application/json", 400, "got True"),
     "top-k-parameter": (b"\xff\xd8", "image/jpeg; top_k=all", 400,
                         "the Content-Type parameter top_k must be a non-negative integer, got 'all'"),
+    "top-k-parameter-over-the-int-digit-limit": (b"\xff\xd8", "image/jpeg; top_k=" + "9" * 5000, 400,
+                                                 "the Content-Type parameter top_k must be a non-negative integer"),
 }
 
 
