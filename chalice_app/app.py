@@ -124,7 +124,9 @@ def _answer(work) -> Response:
 
 @app.route("/predict", methods=["POST"], content_types=["*/*"], authorizer=AUTHORIZER)
 def predict():
-    """Classify one image (bytes) or a JSON list of base64 images; ``?top_k=N``."""
+    """Classify image bytes, or JSON ``{"image": b64}`` / ``{"images": [b64, ...]}`` with an optional
+    ``"top_k"``; ``?top_k=N`` too. Lambda checks the media type, the size and the query's top_k
+    (``chalicelib.predict``); the endpoint's handlers judge the image and the JSON."""
     request = app.current_request
     query = request.query_params or {}
 

@@ -55,6 +55,12 @@ class ClientError(_ToolkitError):
         return self.message
 
 
+def display_label(class_folder: str) -> str:
+    """The label shown to people (Contract 1): the class folder name without its numeric prefix,
+    ``001.Affenpinscher`` -> ``Affenpinscher``; a name without one is returned as it is."""
+    return re.sub(r"^\d+\.", "", class_folder)
+
+
 def build_network(arch: str, num_classes: int) -> nn.Module:
     """A torchvision ResNet with random weights and a new ``fc`` head of ``num_classes`` outputs."""
     if arch not in ARCHITECTURES:
@@ -164,7 +170,7 @@ def load_image_file(path: str | Path, image_size: int) -> Image.Image:
 
 MAX_IMAGES_PER_REQUEST = int(os.environ.get("DOGBREEDS_MAX_IMAGES_PER_REQUEST", 64))
 MAX_REQUEST_PIXELS = int(os.environ.get("DOGBREEDS_MAX_REQUEST_PIXELS", 4 * MAX_PIXELS))
-DEFAULT_TOP_K = 5
+DEFAULT_TOP_K = 5          # Contract 2, defined here only: a request that asks for no top_k gets this many
 JSON_TYPE = "application/json"
 IMAGE_CONTENT_TYPES = ("image/jpeg", "image/png", "application/x-image", "application/octet-stream")
 SUPPORTED_CONTENT_TYPES = IMAGE_CONTENT_TYPES + (JSON_TYPE,)
@@ -223,7 +229,7 @@ class InferenceResult:
     is_list: bool = False
 
     def ranked(self, top_k: int | None = None) -> list[list[dict]]:
-        """Per image, the ``top_k`` best classes (default 5, clamped to [1, num_classes]) as
+        """Per image, the ``top_k`` best classes (default DEFAULT_TOP_K, clamped to [1, num_classes]) as
         ``{"label", "class", "index", "probability"}`` dicts, most probable first."""
         k = max(1, min(DEFAULT_TOP_K if top_k is None else top_k, len(self.classes)))
         probs, order = torch.sort(self.probabilities, dim=1, descending=True, stable=True)
@@ -291,7 +297,7 @@ def _read_model_json(path: Path) -> dict:
     classes = meta.get("classes")
     if not isinstance(classes, list) or not classes or not all(isinstance(c, str) for c in classes):
         raise bad('"classes" must be a non-empty list of class folder names')
-    labels = meta.setdefault("labels", [re.sub(r"^\d+[._-]", "", c) for c in classes])
+    labels = meta.setdefault("labels", [display_label(c) for c in classes])
     if not isinstance(labels, list) or len(labels) != len(classes) or not all(isinstance(x, str) for x in labels):
         raise bad(f'"labels" must be a list of {len(classes)} strings, one per class')
     size = meta.setdefault("image_size", 224)
@@ -390,7 +396,7 @@ def output_fn(prediction: InferenceResult, accept) -> tuple[str, str]:
     and a ``top_k=N`` parameter allowed; anything else raises ClientError(406).
     Body: ``{"predictions": [{"label", "class", "index", "probability"}, ...]}`` for a single image,
     ``{"results": [{"predictions": [...]}, ...]}`` for a list request, most probable first. top_k is
-    the request's, else the Accept parameter's, else 5, clamped to [1, num_classes].
+    the request's, else the Accept parameter's, else DEFAULT_TOP_K, clamped to [1, num_classes].
     """
     accept_top_k = _accept_json(accept)
     top_k = prediction.top_k if prediction.top_k is not None else accept_top_k
@@ -436,11 +442,15 @@ def _accept_json(accept) -> int | None:
 
 
 def _top_k(value, where: str, text: bool = True) -> int | None:
-    """A non-negative integer (text digits from media-type parameters) or None when absent."""
+    """A non-negative integer or None when absent; ``text``: ASCII digits, blanks around them allowed
+    (media-type parameters; the control plane reads the ``top_k`` query parameter by this rule too)."""
     if value is None:
         return None
     if text and isinstance(value, str) and value.strip().isdigit() and value.strip().isascii():
-        value = int(value.strip())
+        try:
+            value = int(value.strip())
+        except ValueError:  # over Python's limit on the digits of an int
+            pass
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise ClientError(400, f"{where} must be a non-negative integer, got {_short(value)}")
     return value

@@ -29,13 +29,19 @@ from moto.sagemaker.responses import SageMakerResponse  # noqa: E402
 from moto.sagemakerruntime.responses import SageMakerRuntimeResponse  # noqa: E402
 
 from chalice_app import app as chalice_app  # noqa: E402
-from chalicelib.config import PipelineConfig  # noqa: E402
+from chalicelib.config import BucketLayout, HostingConfig, PipelineConfig  # noqa: E402
 from chalicelib.control import ControlPlane  # noqa: E402
 
 REGION = "us-east-1"
 BUCKET = "dogbreeds-test-bucket"
 ROLE_ARN = f"arn:aws:iam::{DEFAULT_ACCOUNT_ID}:role/dogbreeds-sagemaker"
 SOURCE_URI = f"s3://{BUCKET}/code/sourcedir-0123456789abcdef.tar.gz"
+ENDPOINT = HostingConfig().endpoint_name
+STATE_KEY = BucketLayout().state_key
+DATASET = "dogs"
+# The tuning job's best trial, as SageMaker reports its hyperparameters (JSON-encoded strings).
+BEST = {"lr": "0.0042", "weight-decay": "0.012", "eps": "3e-08", "batch-size": "64", "arch": '"resnet34"'}
+T0 = 1_795_000_000_000     # LastModifiedTime (epoch ms) of the endpoint's first change
 _sequence = itertools.count(1)
 
 
@@ -85,6 +91,19 @@ def state_change(kind: str, name: str, status: str, **detail) -> dict:
     return {"version": "0", "id": f"sm-{n}", "detail-type": detail_type, "source": "aws.sagemaker",
             "account": DEFAULT_ACCOUNT_ID, "time": "2026-11-22T10:00:00Z", "region": REGION, "resources": [],
             "detail": {name_field: name, status_field: status, **detail}}
+
+
+# --- the app, as EventBridge and API clients reach it ------------------------------------------------
+
+def deliver(client, event, handler=None):
+    """Invoke the handler EventBridge would invoke for ``event``; return its result."""
+    handler = handler or ("on_bucket_event" if event["source"] == "aws.s3" else "on_sagemaker_event")
+    return client.lambda_.invoke(handler, event).payload
+
+
+def post_image(client, body, content_type="image/jpeg", query=""):
+    """``POST /predict{query}`` with ``body`` through Chalice's test client."""
+    return client.http.post(f"/predict{query}", headers={"Content-Type": content_type}, body=body)
 
 
 # --- moto patches ------------------------------------------------------------------------------------

@@ -9,25 +9,13 @@ import json
 import re
 
 import pytest
-from aws_support import BUCKET, REGION, ROLE_ARN, SOURCE_URI, FakeAws, endpoint_reply, jpeg_bytes, state_change
+from aws_support import (BEST, BUCKET, DATASET, REGION, ROLE_ARN, SOURCE_URI, FakeAws, deliver, endpoint_reply,
+                         jpeg_bytes, post_image, state_change)
 
 from chalicelib import names
 
-DATASET = "dogs"
-BEST = {"lr": "0.0042", "weight-decay": "0.012", "eps": "3e-08", "batch-size": "64", "arch": '"resnet34"'}
 LOG_LINES = ("epoch=3 train_loss=0.4123 train_acc=0.8812 val_loss=0.5231 val_acc=0.8431",
              "test_loss=0.5012 test_acc=0.8500")
-
-
-
-def deliver(client, event, handler=None):
-    """Invoke the handler EventBridge would invoke for ``event``; return its result."""
-    handler = handler or ("on_bucket_event" if event["source"] == "aws.s3" else "on_sagemaker_event")
-    return client.lambda_.invoke(handler, event).payload
-
-
-def post_image(client, body, content_type="image/jpeg", query=""):
-    return client.http.post(f"/predict{query}", headers={"Content-Type": content_type}, body=body)
 
 
 def run_to_deployment(aws, client, dataset=DATASET, test_acc=0.85, note=b"published"):

@@ -26,6 +26,7 @@ from PIL import Image
 from torch import nn
 
 from model_code import inference as inf
+from training import data as training_data
 
 CLASSES = ["001.Affenpinscher", "002.Afghan_hound", "003.Airedale_terrier"]
 LABELS = ["Affenpinscher", "Afghan_hound", "Airedale_terrier"]
@@ -165,6 +166,27 @@ def test_model_fn_explains_a_state_dict_that_does_not_fit(tmp_path, model_dir):
     message = str(info.value)
     assert "model.pth does not fit resnet18 with 4 classes" in message
     assert "size mismatch for fc.weight" in message
+
+
+@pytest.mark.parametrize("folder, label", [
+    ("001.Affenpinscher", "Affenpinscher"),
+    ("133.Yorkshire_terrier", "Yorkshire_terrier"),
+    ("7.St.Bernard", "St.Bernard"),                 # only the numeric prefix goes
+    ("Affenpinscher", "Affenpinscher"),             # no prefix: the name as it is
+    ("001_Affenpinscher", "001_Affenpinscher"),     # Contract 1's prefix ends with a dot
+    ("A1.Akita", "A1.Akita"),
+])
+def test_display_label_is_the_class_folder_without_its_numeric_prefix(folder, label):
+    assert inf.display_label(folder) == label
+    assert training_data.display_label is inf.display_label       # training labels by the same rule
+
+
+def test_model_fn_labels_classes_by_the_folder_rule_when_model_json_has_no_labels(tmp_path, model_dir):
+    (tmp_path / "model.pth").write_bytes((model_dir / "model.pth").read_bytes())
+    meta = json.loads((model_dir / "model.json").read_text())
+    del meta["labels"]
+    (tmp_path / "model.json").write_text(json.dumps(meta))
+    assert inf.model_fn(tmp_path).labels == LABELS
 
 
 def test_model_fn_rejects_a_bad_model_json(tmp_path, model_dir):
@@ -398,6 +420,8 @@ BAD_INPUTS = {
     "top-k-bool": ('{"image": "aGVsbG8=", "top_k": true}', "application/json", 400, "got True"),
     "top-k-parameter": (b"\xff\xd8", "image/jpeg; top_k=all", 400,
                         "the Content-Type parameter top_k must be a non-negative integer, got 'all'"),
+    "top-k-parameter-over-the-int-digit-limit": (b"\xff\xd8", "image/jpeg; top_k=" + "9" * 5000, 400,
+                                                 "the Content-Type parameter top_k must be a non-negative integer"),
 }
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import random
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,7 +20,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset, RandomSampler
 from torchvision.transforms import v2 as T
 
-from model_code.inference import ClientError, eval_transform, load_image_file
+from model_code.inference import ClientError, display_label, eval_transform, load_image_file
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 SPLITS = ("train", "valid", "test")
@@ -30,11 +29,6 @@ AUGMENTATIONS = ("none", "flip", "standard")
 
 class DatasetError(Exception):
     """The dataset layout makes training impossible or meaningless; the message says what to fix."""
-
-
-def display_label(class_folder: str) -> str:
-    """``001.Affenpinscher`` -> ``Affenpinscher``: the folder name without its numeric prefix."""
-    return re.sub(r"^\d+\.", "", class_folder)
 
 
 @dataclass
