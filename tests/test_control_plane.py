@@ -18,21 +18,6 @@ LOG_LINES = ("epoch=3 train_loss=0.4123 train_acc=0.8812 val_loss=0.5231 val_acc
              "test_loss=0.5012 test_acc=0.8500")
 
 
-def run_to_deployment(aws, client, dataset=DATASET, test_acc=0.85, note=b"published"):
-    """Publish ``dataset`` and deliver every event up to an endpoint in service; return the job names."""
-    aws.upload_dataset(dataset)
-    publish = aws.publish(dataset, note)
-    marker = publish["detail"]["object"]["etag"]
-    tuning, training = names.tuning_job_name(dataset, marker), names.training_job_name(dataset, marker)
-    deliver(client, publish)
-    aws.set_best_trial(tuning, BEST)
-    deliver(client, state_change("tuning", tuning, "Completed"))
-    aws.set_final_metrics(training, {"test:accuracy": test_acc, "test:loss": 0.4})
-    deliver(client, state_change("training", training, "Completed"))
-    deliver(client, state_change("endpoint", "dogbreeds", "IN_SERVICE", LastModifiedTime=1_000 + len(aws.requests)))
-    return tuning, training, marker
-
-
 def test_the_whole_chain_from_a_published_dataset_to_batch_predictions(aws, client):
     aws.upload_dataset(DATASET)
     publish = aws.publish(DATASET)
