@@ -23,8 +23,8 @@ from conftest import ROOT
 
 from chalicelib import names
 from chalicelib import sagemaker_requests as requests
-from chalicelib.config import (STRATEGIES, BatchConfig, ConfigError, ContinuousRange, HostingConfig,
-                               ManagedDebuggerConfig, PipelineConfig, TrainingResources, TuningConfig)
+from chalicelib.config import (STRATEGIES, BatchConfig, BucketLayout, ConfigError, ContinuousRange, FrameworkConfig,
+                               HostingConfig, ManagedDebuggerConfig, PipelineConfig, TrainingResources, TuningConfig)
 from training import train
 
 ROLE = "arn:aws:iam::123456789012:role/dogbreeds-sagemaker"
@@ -618,6 +618,66 @@ def test_the_endpoint_name_is_stable_and_checked():
     assert names.endpoint_name() == "dogbreeds"
     with pytest.raises(ValueError):
         names.endpoint_name("dog_breeds")
+
+
+# --- the profiles: the AWS defaults and this machine's quick run ------------------------------------
+
+def profile_values(config: PipelineConfig) -> dict:
+    """The values of a configuration that a profile decides, as plain data a test can spell out."""
+    tuning, final = config.tuning, config.final_training
+    return {
+        "strategy": tuning.strategy, "objective": (tuning.objective_metric, tuning.objective_type),
+        "jobs": (tuning.max_training_jobs, tuning.max_parallel_training_jobs, tuning.max_grid_training_jobs),
+        "hyperband epochs": (tuning.hyperband_min_epochs, tuning.hyperband_max_epochs), "seed": tuning.random_seed,
+        "continuous": [(r.name, r.min_value, r.max_value, r.scaling, r.grid_points) for r in tuning.continuous_ranges],
+        "categorical": [(r.name, r.values) for r in tuning.categorical_ranges],
+        "trial statics": dict(tuning.static_hyperparameters), "final statics": dict(final.static_hyperparameters),
+        "gate": (config.gate.accuracy_floor, config.gate.metric),
+    }
+
+
+# Pinned when the profiles moved into one table: each profile's configuration is what it was before.
+PROFILE_VALUES = {
+    "default": {
+        "strategy": "Bayesian", "objective": ("validation:accuracy", "Maximize"), "jobs": (6, 2, 32),
+        "hyperband epochs": (1, 10), "seed": None,
+        "continuous": [("lr", 1e-4, 1e-1, "Logarithmic", 4), ("weight-decay", 1e-3, 1e-1, "Logarithmic", 2),
+                       ("eps", 1e-9, 1e-7, "Logarithmic", 1)],
+        "categorical": [("batch-size", (32, 64)), ("arch", ("resnet18", "resnet34"))],
+        "trial statics": {"finetune": "head", "weights": "imagenet", "image-size": 224, "epochs": 5,
+                          "early-stopping-patience": 2, "profile-steps": 0},
+        "final statics": {"finetune": "head", "weights": "imagenet", "image-size": 224, "epochs": 15,
+                          "early-stopping-patience": 3, "profile-steps": 5},
+        "gate": (0.6, "test:accuracy"),
+    },
+    "quick": {
+        "strategy": "Bayesian", "objective": ("validation:accuracy", "Maximize"), "jobs": (3, 1, 32),
+        "hyperband epochs": (1, 10), "seed": None,
+        "continuous": [("lr", 1e-3, 1e-2, "Logarithmic", 3), ("weight-decay", 1e-3, 1e-1, "Logarithmic", 2),
+                       ("eps", 1e-9, 1e-7, "Logarithmic", 1)],
+        "categorical": [("batch-size", (16, 32)), ("arch", ("resnet18",))],
+        "trial statics": {"finetune": "full", "weights": "none", "image-size": 64, "augment": "flip", "epochs": 3,
+                          "early-stopping-patience": 2, "profile-steps": 0},
+        "final statics": {"finetune": "full", "weights": "none", "image-size": 64, "augment": "flip", "epochs": 10,
+                          "early-stopping-patience": 4, "profile-steps": 5},
+        "gate": (0.6, "test:accuracy"),
+    },
+}
+
+
+def profile_config(profile: str) -> PipelineConfig:
+    from dogbreeds.stack import local_config
+    return local_config(profile=profile)
+
+
+@pytest.mark.parametrize("profile", sorted(PROFILE_VALUES))
+def test_each_profile_configures_its_ranges_statics_and_job_counts(profile):
+    config = profile_config(profile)
+    assert profile_values(config) == PROFILE_VALUES[profile]
+    # the parts no profile changes keep the reference defaults
+    assert (config.training_resources, config.framework, config.hosting, config.batch, config.debugger,
+            config.layout) == (TrainingResources(), FrameworkConfig(), HostingConfig(), BatchConfig(),
+                               ManagedDebuggerConfig(), BucketLayout())
 
 
 # --- configuration from the environment --------------------------------------------------------------
