@@ -24,7 +24,7 @@ from conftest import ROOT
 from chalicelib import names
 from chalicelib import sagemaker_requests as requests
 from chalicelib.config import (STRATEGIES, BatchConfig, BucketLayout, ConfigError, ContinuousRange, FrameworkConfig,
-                               HostingConfig, ManagedDebuggerConfig, PipelineConfig, TrainingResources, TuningConfig)
+                               HostingConfig, ManagedDebuggerConfig, PipelineConfig, PROFILES, TrainingResources, TuningConfig)
 from training import train
 
 ROLE = "arn:aws:iam::123456789012:role/dogbreeds-sagemaker"
@@ -665,9 +665,13 @@ PROFILE_VALUES = {
 }
 
 
-def profile_config(profile: str) -> PipelineConfig:
-    from dogbreeds.stack import local_config
-    return local_config(profile=profile)
+def profile_config(profile: str, **overrides) -> PipelineConfig:
+    return PipelineConfig.from_profile(profile, bucket="dogbreeds-bucket", role_arn=ROLE, region="us-east-1",
+                                       **overrides)
+
+
+def test_the_table_holds_the_pinned_profiles():
+    assert sorted(PROFILES) == sorted(PROFILE_VALUES)
 
 
 @pytest.mark.parametrize("profile", sorted(PROFILE_VALUES))
@@ -678,6 +682,53 @@ def test_each_profile_configures_its_ranges_statics_and_job_counts(profile):
     assert (config.training_resources, config.framework, config.hosting, config.batch, config.debugger,
             config.layout) == (TrainingResources(), FrameworkConfig(), HostingConfig(), BatchConfig(),
                                ManagedDebuggerConfig(), BucketLayout())
+
+
+def test_the_default_profile_is_the_aws_configuration_the_environment_gives():
+    assert profile_config("default") == make_config()
+    assert PipelineConfig.from_env(BASE_ENV) == PipelineConfig.from_profile(
+        "default", bucket="dogbreeds-bucket", role_arn=ROLE, region="eu-west-1")
+
+
+def trainer_choices(option: str) -> tuple:
+    """The values train.py's ``--<option>`` accepts."""
+    [action] = [a for a in train.get_args_parser(env={})._actions if a.dest == option.replace("-", "_")]
+    return tuple(action.choices)
+
+
+@pytest.mark.parametrize("profile", sorted(PROFILES))
+def test_every_profile_tunes_only_architectures_the_trainer_builds(profile):
+    [arch] = [r for r in PROFILES[profile].categorical_ranges if r.name == "arch"]
+    assert set(arch.values) <= set(trainer_choices("arch")), set(arch.values) - set(trainer_choices("arch"))
+
+
+@pytest.mark.parametrize("profile", sorted(PROFILES))
+def test_every_profiles_hyperparameters_parse_in_train_py(profile):
+    chosen = PROFILES[profile]
+    for statics in (chosen.trial_hyperparameters, chosen.final_hyperparameters):
+        assert set(statics) <= set(train.DEFAULTS), set(statics) - set(train.DEFAULTS)
+        args = train.parse_args(toolkit_argv(requests.encode_hyperparameters(statics)), env={})
+        for name, value in statics.items():
+            assert getattr(args, name.replace("-", "_")) == value, name
+
+
+def test_overrides_change_only_what_they_name():
+    config = profile_config("quick", strategy="Hyperband", trials=5, parallel=2, trial_epochs=4, epochs=7,
+                            accuracy_floor=0.25, seed=11)
+    values = profile_values(config)
+    expected = PROFILE_VALUES["quick"]
+    assert values == {**expected, "strategy": "Hyperband", "jobs": (5, 2, 32), "hyperband epochs": (1, 4), "seed": 11,
+                      "trial statics": {**expected["trial statics"], "epochs": 4},
+                      "final statics": {**expected["final statics"], "epochs": 7}, "gate": (0.25, "test:accuracy")}
+
+
+def test_an_unknown_profile_or_a_bad_override_is_refused_with_the_reason():
+    with pytest.raises(ConfigError, match="unknown profile 'fast': one of default, quick"):
+        profile_config("fast")
+    with pytest.raises(ConfigError, match="max training jobs must be at least 1, got 0"):
+        profile_config("quick", trials=0)
+    with pytest.raises(ConfigError, match=r"Hyperband needs 1 <= min epochs \(0\)"):
+        profile_config("quick", trial_epochs=0)
 
 
 # --- configuration from the environment --------------------------------------------------------------
