@@ -26,9 +26,12 @@ import sys
 import time
 from pathlib import Path
 
-from dogbreeds import cli, progress
+from chalicelib.config import PROFILES
+from chalicelib.sagemaker_requests import split_s3_uri
+from dogbreeds import client, progress
 from dogbreeds.stack import ROOT, LocalStack, local_config
 from dogbreeds.synthetic import generate_dataset
+from model_code.inference import display_label
 
 
 def say(line: str) -> None:
@@ -40,7 +43,7 @@ def batch_accuracy(csv_path: Path) -> tuple:
     right = total = 0
     with open(csv_path, newline="") as handle:
         for row in csv.DictReader(handle):
-            truth = row["image_key"].split("/")[-2].split(".", 1)[-1]
+            truth = display_label(row["image_key"].split("/")[-2])
             total += 1
             right += row["top_label"] == truth
     return right, total
@@ -56,7 +59,7 @@ def main(argv=None) -> int:
     parser.add_argument("--timeout", type=float, default=1500, help="seconds to wait for the deployment")
     args = parser.parse_args(argv)
     os.environ.setdefault("POWERTOOLS_METRICS_DISABLED", "true")   # EMF lines are CloudWatch's, not a terminal's
-    cli.plain_logging()
+    progress.plain_logging()
     started = time.monotonic()
     shutil.rmtree(args.workdir, ignore_errors=True)  # a fresh run, not a resume of the last demo
     args.workdir.mkdir(parents=True)
@@ -68,16 +71,16 @@ def main(argv=None) -> int:
     say(f"    {summary['images']} JPEG images in {summary['seconds']:.1f}s")
 
     say("2/6 starting the local stack: filesystem bucket, SageMaker without Docker, event bus, API")
-    stack = LocalStack(args.workdir / "stack", config=local_config(profile="quick", random_seed=args.seed)).start()
+    stack = LocalStack(args.workdir / "stack", config=local_config("quick", seed=args.seed)).start()
     stack.app_module.logger.setLevel("ERROR")        # the progress lines below say what its warnings say
     try:
-        home = cli.Home(stack.data_dir)
+        home = client.Home(stack.data_dir)
         say(f"    API {stack.api_url}, bucket {stack.raw_s3.prefix_path(stack.config.bucket, '')}")
 
-        say("3/6 publishing the dataset; the control plane tunes, trains, gates and deploys (profile quick: "
-            "3 trials of 3 epochs, then 10 epochs; weights=none, 64 px)")
-        run_key = cli.publish_dataset(home, data, "dogs", say=lambda line: say("    " + line))
-        if cli.follow_run(home, run_key, timeout=args.timeout, say=lambda line: say("    " + line)) != 0:
+        say(f"3/6 publishing the dataset; the control plane tunes, trains, gates and deploys (profile quick: "
+            f"{PROFILES['quick'].summary()})")
+        run_key = client.publish_dataset(home, data, "dogs", say=lambda line: say("    " + line))
+        if client.follow_run(home, run_key, timeout=args.timeout, say=lambda line: say("    " + line)) != 0:
             say(f"the run did not deploy: `dogbreeds status --data-dir {stack.data_dir}` and "
                 f"`dogbreeds logs --data-dir {stack.data_dir}` say why")
             return 1
@@ -88,20 +91,20 @@ def main(argv=None) -> int:
         shown = tests[:: max(1, len(tests) // args.show)][: args.show]
         right = 0
         for path in shown:
-            top = cli.predict_file(home, path, top_k=3)
-            truth = path.parent.name.split(".", 1)[1]
+            top = client.predict_file(home, path, top_k=3)
+            truth = display_label(path.parent.name)
             right += top[0]["label"] == truth
             guesses = ", ".join(f"{p['label']} {p['probability']:.0%}" for p in top)
             say(f"    {'ok  ' if top[0]['label'] == truth else 'MISS'} {path.name:<32} top-3: {guesses}")
 
         say("5/6 batch transform over the test folder")
-        predictions = cli.run_batch(home, data / "test", "demo-test", say=lambda line: say("    " + line))
+        predictions = client.run_batch(home, data / "test", "demo-test", say=lambda line: say("    " + line))
         batch_right, batch_total = batch_accuracy(predictions)
 
         say("6/6 the instrumented run's report")
-        report = cli.extract_report(home, run["training_job"])
+        report = client.extract_report(home, run["training_job"])
         model = stack.sagemaker.describe_training_job(TrainingJobName=run["training_job"])
-        archive = stack.raw_s3.path_of(*model["ModelArtifacts"]["S3ModelArtifacts"][5:].split("/", 1))
+        archive = stack.raw_s3.path_of(*split_s3_uri(model["ModelArtifacts"]["S3ModelArtifacts"]))
     finally:
         say("    stopping the local stack")
         stack.stop()

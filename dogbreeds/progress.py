@@ -2,36 +2,45 @@
 
 ``Watcher(data_dir, bucket).changes()`` looks at what the stack keeps on disk (the SageMaker job
 records under ``<data_dir>/sagemaker/``, each training job's ``log.txt``, and the control plane's
-``pipeline/state.json`` in the bucket) and returns one line per thing that changed since the last
+state record in the bucket) and returns one line per thing that changed since the last
 call: a job that started or ended, a training epoch, the gate's decision, the endpoint's status, a
 batch's predictions. It only reads files, so any process can watch a stack another process runs
 (``dogbreeds status --watch`` while ``dogbreeds up`` runs in another terminal).
+
+A job record is described once, by ``describe``: its ``Job`` gives both the feed's line and the row
+of ``dogbreeds status``'s table (``job_table``).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import re
 import sys
 import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
+
+from chalicelib.config import BucketLayout
+from chalicelib.state import TERMINAL
 
 EPOCH_LINE = re.compile(r"^epoch=(\d+) (.*)$")
-TERMINAL = ("Completed", "Failed", "Stopped")
+JOB_KINDS = ("tuning", "training", "endpoint", "transform")
 
 
 def read_records(data_dir: Path, kind: str) -> List[dict]:
     """The local SageMaker's records of one kind (its own ``Records`` store: each file is replaced
     atomically), oldest first."""
-    from dogbreeds.localaws.sagemaker import Records
+    from dogbreeds.localaws.records import Records
     records = Records(Path(data_dir) / "sagemaker").all(kind)
     return sorted(records, key=lambda r: (r.get("CreationTime") or "", json.dumps(r.get("TrainingJobName"))))
 
 
 def read_state(data_dir: Path, bucket: str) -> Optional[dict]:
-    """The control plane's ``pipeline/state.json`` as a dict, or None before the first event."""
-    path = Path(data_dir) / "s3" / bucket / "pipeline" / "state.json"
+    """The control plane's state record (``BucketLayout.state_key``) as a dict, or None before the first event."""
+    path = Path(data_dir) / "s3" / bucket / BucketLayout().state_key
     try:
         return json.loads(path.read_text())
     except (OSError, ValueError):
@@ -75,6 +84,140 @@ def format_hyperparameters(tuned: dict) -> str:
     return " ".join(f"{k}={short(v)}" for k, v in sorted(tuned.items()))
 
 
+# --- one job record, as people see it -------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Job:
+    """What people are shown of one job record: a line in the progress feed (``feed_line``, and
+    ``epoch_line`` while a training job runs) and a row of ``dogbreeds status``'s table (``table_row``)."""
+    role: str            # tuning, trial (a tuning job's training job), training, endpoint or transform
+    name: str
+    status: str
+    detail: str = ""     # the feed's words after "<role> <name> <status>"
+    result: str = ""     # the table's result column
+    started: str = ""    # ISO time the record was created
+    ended: str = ""      # ISO time the job ended; "" while it runs
+    epoch: Optional[Tuple[int, str, str]] = None   # a running training job: (epoch, of how many, its metrics)
+
+    def feed_line(self) -> str:
+        return f"{self.role:<9} {self.name} {self.status}{self.detail}"
+
+    def epoch_line(self) -> Optional[str]:
+        if self.epoch is None:
+            return None
+        epoch, total, metrics = self.epoch
+        return f"{'':<9} {self.name} epoch {epoch}/{total}: {metrics}"
+
+    def took(self) -> str:
+        """How long it ran (so far, while it runs): ``"42s"``; "" without a start time."""
+        try:
+            began = datetime.fromisoformat(self.started)
+        except (TypeError, ValueError):
+            return ""
+        try:
+            ended = datetime.fromisoformat(self.ended)
+        except (TypeError, ValueError):
+            ended = datetime.now(timezone.utc)
+        return f"{(ended - began).total_seconds():.0f}s"
+
+    def table_row(self) -> str:
+        started = self.started[11:19]          # the time of day of an ISO timestamp
+        return f"{started:<9} {self.role:<9} {self.name:<44} {self.status:<11} {self.took():>6}  {self.result}"
+
+
+TABLE_HEADER = f"{'started':<9} {'kind':<9} {'job':<44} {'status':<11} {'took':>6}  result"
+
+
+def describe(kind: str, record: dict, jobs_dir: Path) -> Job:
+    """The ``Job`` of one local SageMaker record of ``kind`` (one of JOB_KINDS); a running training
+    job's progress is read from its log under ``jobs_dir``."""
+    return {"tuning": _tuning, "training": _training, "endpoint": _endpoint, "transform": _transform}[kind](
+        record, Path(jobs_dir))
+
+
+def _tuning(record: dict, _jobs_dir: Path) -> Job:
+    status = record["HyperParameterTuningJobStatus"]
+    config = record.get("HyperParameterTuningJobConfig", {})
+    limit = config.get("ResourceLimits", {}).get("MaxNumberOfTrainingJobs", "?")
+    counters = record.get("TrainingJobStatusCounters", {})
+    ended = sum(counters.get(k, 0) for k in ("Completed", "Stopped", "NonRetryableError", "RetryableError"))
+    detail = f": {ended}/{limit} trials ended ({config.get('Strategy', '?')})"
+    best = record.get("BestTrainingJob")
+    if status == "Completed" and best:
+        metric = best["FinalHyperParameterTuningJobObjectiveMetric"]
+        detail += (f"; best {best['TrainingJobName']} {metric['MetricName']}={metric['Value']:.4f} "
+                   f"with {format_hyperparameters(best.get('TunedHyperParameters', {}))}")
+    elif status == "Failed":
+        detail += f"; {_first_line(record.get('FailureReason'))}"
+    return Job("tuning", record["HyperParameterTuningJobName"], status, detail,
+               started=record.get("CreationTime") or "", ended=record.get("HyperParameterTuningEndTime") or "")
+
+
+def _training(record: dict, jobs_dir: Path) -> Job:
+    name, status = record["TrainingJobName"], record["TrainingJobStatus"]
+    metrics = _metrics(record)
+    detail = ""
+    if status == "InProgress" and record.get("_Tuned"):
+        detail += f" with {format_hyperparameters(record['_Tuned'])}"
+    if status in ("Completed", "Stopped") and metrics:
+        shown = ", ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items()) if "accuracy" in k)
+        detail += f": {shown}" if shown else ""
+    if status == "Stopped" and record.get("TuningJobArn") and record.get("SecondaryStatus") == "Stopped":
+        detail += " (stopped early by the tuner)"
+    if status == "Failed":
+        detail += f": {_first_line(record.get('FailureReason'))}"
+    # the table shows the one accuracy that judges the job: the test set's, else the validation set's
+    key = "test:accuracy" if "test:accuracy" in metrics else "validation:accuracy"
+    result = f"{key}={metrics[key]:.4f}" if key in metrics else ""
+    epoch = None
+    if status == "InProgress":
+        last = last_epoch(jobs_dir / name / "log.txt")
+        if last:
+            epoch = (last[0], record.get("HyperParameters", {}).get("epochs", "?"), last[1])
+            result = f"epoch {epoch[0]}/{epoch[1]}"
+        else:
+            result = ""
+    return Job("trial" if record.get("TuningJobArn") else "training", name, status, detail, result,
+               started=record.get("CreationTime") or "", ended=record.get("TrainingEndTime") or "", epoch=epoch)
+
+
+def _endpoint(record: dict, _jobs_dir: Path) -> Job:
+    status, detail = record["EndpointStatus"], ""
+    if status == "InService" and record.get("_Url"):
+        detail += f" at {record['_Url']} (config {record.get('EndpointConfigName')})"
+    if status == "Failed":
+        detail += f": {_first_line(record.get('FailureReason'))}"
+    return Job("endpoint", record["EndpointName"], status, detail, started=record.get("CreationTime") or "")
+
+
+def _transform(record: dict, _jobs_dir: Path) -> Job:
+    status, detail, result = record["TransformJobStatus"], "", ""
+    if "_Written" in record:
+        written, skipped = record["_Written"], record.get("_Skipped", 0)
+        result = f"{written} classified, {skipped} already done"
+        if status in TERMINAL:
+            detail += f": {written} images classified, {skipped} already done"
+    if status == "Failed":
+        detail += f"; {_first_line(record.get('FailureReason'))}"
+    return Job("transform", record["TransformJobName"], status, detail, result,
+               started=record.get("CreationTime") or "", ended=record.get("TransformEndTime") or "")
+
+
+def jobs(data_dir: Path, kind: str) -> List[Job]:
+    """Every job of ``kind`` (one of JOB_KINDS) in a stack's data directory, oldest first."""
+    return [describe(kind, record, Path(data_dir) / "jobs") for record in read_records(data_dir, kind)]
+
+
+def job_table(found: List[Job]) -> List[str]:
+    """``dogbreeds status``'s table: a header and a row per job, by start time; nothing without jobs."""
+    if not found:
+        return []
+    rows = sorted(found, key=lambda j: (j.started, j.role, j.name, j.status, j.took(), j.result))
+    return [TABLE_HEADER] + [job.table_row() for job in rows]
+
+
+# --- the feed ----------------------------------------------------------------------------------------
+
 class Watcher:
     def __init__(self, data_dir: Path, bucket: str):
         self.data_dir = Path(data_dir)
@@ -96,20 +239,11 @@ class Watcher:
             if run.get("gate"):
                 gate = run["gate"]
                 facts[key + ":gate"] = f"gate      {gate.get('reason')}"
-        for record in read_records(self.data_dir, "tuning"):
-            facts[f"tuning:{record['HyperParameterTuningJobName']}"] = self._tuning(record)
-        for record in read_records(self.data_dir, "training"):
-            name = record["TrainingJobName"]
-            facts[f"training:{name}"] = self._training(record)
-            if record.get("TrainingJobStatus") == "InProgress":
-                epoch = last_epoch(self.data_dir / "jobs" / name / "log.txt")
-                if epoch:
-                    total = record.get("HyperParameters", {}).get("epochs", "?")
-                    facts[f"epoch:{name}"] = f"          {name} epoch {epoch[0]}/{total}: {epoch[1]}"
-        for record in read_records(self.data_dir, "endpoint"):
-            facts[f"endpoint:{record['EndpointName']}"] = self._endpoint(record)
-        for record in read_records(self.data_dir, "transform"):
-            facts[f"transform:{record['TransformJobName']}"] = self._transform(record)
+        for kind in JOB_KINDS:
+            for job in jobs(self.data_dir, kind):
+                facts[f"{kind}:{job.name}"] = job.feed_line()
+                if job.epoch_line():
+                    facts[f"epoch:{job.name}"] = job.epoch_line()
         for batch in state.get("batches", {}).values():
             if batch.get("status") == "Completed":
                 path = self.data_dir / "s3" / self.bucket / batch["output_key"]
@@ -118,59 +252,6 @@ class Watcher:
                 facts[f"batch:{batch['batch_id']}"] = (f"batch     {batch['batch_id']} {batch['status']}: "
                                                       f"{_first_line(batch.get('failure_reason'))}")
         return facts
-
-    @staticmethod
-    def _tuning(record: dict) -> str:
-        status = record["HyperParameterTuningJobStatus"]
-        config = record.get("HyperParameterTuningJobConfig", {})
-        limit = config.get("ResourceLimits", {}).get("MaxNumberOfTrainingJobs", "?")
-        counters = record.get("TrainingJobStatusCounters", {})
-        ended = sum(counters.get(k, 0) for k in ("Completed", "Stopped", "NonRetryableError", "RetryableError"))
-        line = (f"tuning    {record['HyperParameterTuningJobName']} {status}: {ended}/{limit} trials ended "
-                f"({config.get('Strategy', '?')})")
-        best = record.get("BestTrainingJob")
-        if status == "Completed" and best:
-            metric = best["FinalHyperParameterTuningJobObjectiveMetric"]
-            line += (f"; best {best['TrainingJobName']} {metric['MetricName']}={metric['Value']:.4f} "
-                     f"with {format_hyperparameters(best.get('TunedHyperParameters', {}))}")
-        elif status == "Failed":
-            line += f"; {_first_line(record.get('FailureReason'))}"
-        return line
-
-    @staticmethod
-    def _training(record: dict) -> str:
-        name, status = record["TrainingJobName"], record["TrainingJobStatus"]
-        role = "trial    " if record.get("TuningJobArn") else "training "
-        line = f"{role} {name} {status}"
-        if status == "InProgress" and record.get("_Tuned"):
-            line += f" with {format_hyperparameters(record['_Tuned'])}"
-        metrics = _metrics(record)
-        if status in ("Completed", "Stopped") and metrics:
-            shown = ", ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items()) if "accuracy" in k)
-            line += f": {shown}" if shown else ""
-        if status == "Stopped" and record.get("TuningJobArn") and record.get("SecondaryStatus") == "Stopped":
-            line += " (stopped early by the tuner)"
-        if status == "Failed":
-            line += f": {_first_line(record.get('FailureReason'))}"
-        return line
-
-    @staticmethod
-    def _endpoint(record: dict) -> str:
-        line = f"endpoint  {record['EndpointName']} {record['EndpointStatus']}"
-        if record["EndpointStatus"] == "InService" and record.get("_Url"):
-            line += f" at {record['_Url']} (config {record.get('EndpointConfigName')})"
-        if record["EndpointStatus"] == "Failed":
-            line += f": {_first_line(record.get('FailureReason'))}"
-        return line
-
-    @staticmethod
-    def _transform(record: dict) -> str:
-        line = f"transform {record['TransformJobName']} {record['TransformJobStatus']}"
-        if record["TransformJobStatus"] in TERMINAL and "_Written" in record:
-            line += f": {record['_Written']} images classified, {record.get('_Skipped', 0)} already done"
-        if record["TransformJobStatus"] == "Failed":
-            line += f"; {_first_line(record.get('FailureReason'))}"
-        return line
 
     def changes(self) -> List[str]:
         """Lines for what is new since the last call (everything, the first time)."""
@@ -211,3 +292,16 @@ class Counter:
         if self.tty:
             self.stream.write(f"\r{self.label} {self.done}/{self.total}\n")
             self.stream.flush()
+
+
+def plain_logging(level=logging.WARNING) -> None:
+    """The local runtime's own warnings as plain lines on stderr, for a terminal. Its loggers
+    (``dogbreeds.*``) are children of the Powertools logger the Chalice app names ``dogbreeds``, whose
+    JSON lines are for CloudWatch; they stop propagating there."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("[%(asctime)s] %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
+    for name in ("dogbreeds.stack", "dogbreeds.localaws", "dogbreeds.serving"):
+        logger = logging.getLogger(name)
+        logger.handlers[:] = [handler]
+        logger.setLevel(level)
+        logger.propagate = False

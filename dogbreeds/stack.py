@@ -19,11 +19,10 @@ import json
 import logging
 import os
 import threading
-from dataclasses import replace
 from pathlib import Path
 from typing import Optional
 
-from chalicelib.config import CategoricalRange, ContinuousRange, FinalTrainingConfig, PipelineConfig
+from chalicelib.config import PipelineConfig
 
 os.environ.setdefault("POWERTOOLS_TRACE_DISABLED", "1")      # no X-Ray daemon on this machine
 
@@ -37,29 +36,12 @@ REGION = "us-east-1"     # nominal: nothing leaves this machine, but the control
 READY_SUFFIX = "/_READY"
 
 
-def local_config(bucket: str = BUCKET, profile: str = "default", **tuning_changes) -> PipelineConfig:
-    """The control plane's configuration locally. ``default`` is the AWS defaults (ImageNet weights,
-    224 px, 6 trials); ``quick`` is sized for this machine's CPU and a generated dataset: weights from
-    scratch, 64 px, full fine-tuning, resnet18, 3 trials of 3 epochs one after the other (each with
-    every core), lr searched in 1e-3..1e-2, batch size 16 or 32; the instrumented run gets 10 epochs."""
-    config = PipelineConfig(bucket=bucket, role_arn=ROLE_ARN, region=REGION)
-    if profile == "default":
-        return config
-    if profile != "quick":
-        raise ValueError(f"unknown profile {profile!r}: default or quick")
-    common = {"finetune": "full", "weights": "none", "image-size": 64, "augment": "flip"}
-    # From scratch, AdamW diverges above lr ~1e-2 and crawls below 1e-3: with 3 trials, search where it learns.
-    tuning = replace(config.tuning, max_training_jobs=3, max_parallel_training_jobs=1,
-                     continuous_ranges=(ContinuousRange("lr", 1e-3, 1e-2, "Logarithmic", grid_points=3),
-                                        *config.tuning.continuous_ranges[1:]),
-                     categorical_ranges=(CategoricalRange("batch-size", (16, 32)),
-                                         CategoricalRange("arch", ("resnet18",))),
-                     static_hyperparameters={**common, "epochs": 3, "early-stopping-patience": 2,
-                                             "profile-steps": 0},
-                     **tuning_changes)
-    final = FinalTrainingConfig(static_hyperparameters={**common, "epochs": 10, "early-stopping-patience": 4,
-                                                        "profile-steps": 5})
-    return replace(config, tuning=tuning, final_training=final)
+def local_config(profile: str = "default", bucket: str = BUCKET, **overrides) -> PipelineConfig:
+    """The control plane's configuration locally: ``PROFILES[profile]`` (``chalicelib.config``: ``default``
+    is the AWS configuration, ``quick`` is sized for this machine's CPU and a generated dataset) in the
+    local account, with ``PipelineConfig.from_profile``'s ``overrides`` (strategy, trials, parallel,
+    trial_epochs, epochs, accuracy_floor, seed). Raises ConfigError for an unknown profile or a bad value."""
+    return PipelineConfig.from_profile(profile, bucket=bucket, role_arn=ROLE_ARN, region=REGION, **overrides)
 
 
 class NotifyingS3:

@@ -18,9 +18,9 @@ import time
 from pathlib import Path
 
 import pytest
-from test_local_stack import wait_for
+from local_support import wait_for
 
-from dogbreeds import cli
+from dogbreeds import cli, client
 from dogbreeds.localaws.s3 import LocalS3
 from dogbreeds.stack import BUCKET, ROOT
 
@@ -102,14 +102,14 @@ def test_commands_that_need_the_api_say_how_to_start_the_stack(tmp_path, dataset
 
 def start_up(home: Path, log: Path) -> subprocess.Popen:
     """``dogbreeds up`` in its own session (as from a terminal); returns once its API answers."""
-    previous = cli.Home(home).running()
+    previous = client.Home(home).running()
     argv = [sys.executable, "-m", "dogbreeds", "up", "--data-dir", str(home), "--port", "0", "--cores", "1",
             "--trials", "1", "--trial-epochs", "50", "--poll", "0.2"]
     with open(log, "a") as output:
         process = subprocess.Popen(argv, cwd=ROOT, stdout=output, stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.time() + 60
     while time.time() < deadline:
-        info = cli.Home(home).running()
+        info = client.Home(home).running()
         if info and info != previous and info["pid"] == process.pid:
             return process
         assert process.poll() is None, log.read_text()
@@ -121,7 +121,7 @@ def start_up(home: Path, log: Path) -> subprocess.Popen:
 def wait_for_training_process(home: Path, timeout: float = 90) -> dict:
     deadline = time.time() + timeout
     while time.time() < deadline:
-        for record in cli.Home(home).records("training"):
+        for record in client.Home(home).records("training"):
             if record["TrainingJobStatus"] == "InProgress" and record.get("_pid"):
                 return record
         time.sleep(0.2)
@@ -149,12 +149,12 @@ def test_killing_up_mid_training_and_starting_it_again_leaves_no_job_in_progress
 
         processes.append(start_up(home, log))
         wait_for(lambda: not alive(trial["_pid"]), 20, "the orphaned training script to be killed")
-        records = {kind: cli.Home(home).records(kind) for kind in ("training", "tuning")}
+        records = {kind: client.Home(home).records(kind) for kind in ("training", "tuning")}
         assert [r["TrainingJobStatus"] for r in records["training"]] == ["Failed"]
         assert [r["HyperParameterTuningJobStatus"] for r in records["tuning"]] == ["Failed"]
         assert "the local runtime stopped while this job ran" in records["training"][0]["FailureReason"]
         # the Failed events reach the control plane: the run says so too
-        wait_for(lambda: (cli.current_run(cli.Home(home).state()) or {}).get("tuning_status") == "Failed", 20,
+        wait_for(lambda: (client.current_run(client.Home(home).state()) or {}).get("tuning_status") == "Failed", 20,
                    "the run to record the failed tuning job")
 
         # a clean stop (Ctrl-C) of a stack running a job: the job ends Stopped, the process exits 0
@@ -163,7 +163,7 @@ def test_killing_up_mid_training_and_starting_it_again_leaves_no_job_in_progress
         processes[-1].send_signal(signal.SIGINT)
         assert processes[-1].wait(60) == 0, log.read_text()
         assert not alive(second["_pid"])
-        statuses = {r["TrainingJobName"]: r["TrainingJobStatus"] for r in cli.Home(home).records("training")}
+        statuses = {r["TrainingJobName"]: r["TrainingJobStatus"] for r in client.Home(home).records("training")}
         assert statuses == {trial["TrainingJobName"]: "Failed", second["TrainingJobName"]: "Stopped"}
         assert not (home / "stack.json").exists()
         assert "stopping: running jobs end Stopped" in log.read_text()
@@ -172,14 +172,16 @@ def test_killing_up_mid_training_and_starting_it_again_leaves_no_job_in_progress
             if process.poll() is None:
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait(10)
-        for record in cli.Home(home).records("training"):
+        for record in client.Home(home).records("training"):
             if record.get("_pid") and alive(record["_pid"]):
                 os.killpg(record["_pid"], signal.SIGKILL)
 
 
-def test_up_options_change_the_quick_profile_and_bad_values_are_refused_with_the_reason():
-    config = cli.stack_config("quick", strategy="Hyperband", trials=5, parallel=2, trial_epochs=4, epochs=7,
-                              accuracy_floor=0.25, seed=11)
+def test_up_options_change_the_quick_profile_and_bad_values_are_refused_with_the_reason(tmp_path, capsys):
+    args = cli.build_parser().parse_args(["up", "--strategy", "Hyperband", "--trials", "5", "--parallel", "2",
+                                          "--trial-epochs", "4", "--epochs", "7", "--accuracy-floor", "0.25",
+                                          "--seed", "11"])
+    config = cli.stack_config(args)
     tuning = config.tuning
     assert (tuning.strategy, tuning.max_training_jobs, tuning.max_parallel_training_jobs, tuning.random_seed) == \
         ("Hyperband", 5, 2, 11)
@@ -188,10 +190,13 @@ def test_up_options_change_the_quick_profile_and_bad_values_are_refused_with_the
     assert config.final_training.static_hyperparameters["epochs"] == 7
     assert config.final_training.static_hyperparameters["profile-steps"] == 5
     assert config.gate.accuracy_floor == 0.25
-    with pytest.raises(cli.CliError, match="max training jobs must be at least 1, got 0"):
-        cli.stack_config("quick", trials=0)
-    with pytest.raises(cli.CliError, match="accuracy floor must be between 0 and 1, got 1.5"):
-        cli.stack_config("quick", accuracy_floor=1.5)
+    home = tmp_path / "home"
+    for option, message in ((["--trials", "0"], "max training jobs must be at least 1, got 0"),
+                            (["--accuracy-floor", "1.5"], "accuracy floor must be between 0 and 1, got 1.5")):
+        assert cli.main(["up", *option, "--data-dir", str(home)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("dogbreeds up: invalid configuration:") and message in err
+    assert not home.exists()           # refused before anything starts
 
 
 # --- the progress feed and when a run is over ------------------------------------------------------
@@ -230,6 +235,39 @@ def test_the_progress_feed_reports_each_change_once(tmp_path):
         "trial     tune-x-001 Stopped: validation:accuracy=0.5000 (stopped early by the tuner)"]
 
 
+def test_a_job_record_is_described_once_for_the_feed_and_the_status_table(tmp_path):
+    from dogbreeds.progress import Watcher
+    write_json(tmp_path / "sagemaker/training/tune-x-001.json", {
+        "TrainingJobName": "tune-x-001", "TrainingJobStatus": "Completed", "TuningJobArn": "arn:tuning/tune-x",
+        "CreationTime": "2026-11-22T08:00:01+00:00", "TrainingEndTime": "2026-11-22T08:00:43+00:00",
+        "FinalMetricDataList": [{"MetricName": "validation:accuracy", "Value": 0.5},
+                                {"MetricName": "train:loss", "Value": 1.1}]})
+    write_json(tmp_path / "sagemaker/transform/batch-b1.json", {
+        "TransformJobName": "batch-b1", "TransformJobStatus": "Completed", "CreationTime": "2026-11-22T09:30:00+00:00",
+        "TransformEndTime": "2026-11-22T09:30:05+00:00", "_Written": 6, "_Skipped": 1})
+    assert Watcher(tmp_path, BUCKET).changes() == [
+        "trial     tune-x-001 Completed: validation:accuracy=0.5000",
+        "transform batch-b1 Completed: 6 images classified, 1 already done"]
+    assert client.status_lines(client.Home(tmp_path))[1:] == [
+        "",
+        f"{'started':<9} {'kind':<9} {'job':<44} {'status':<11} {'took':>6}  result",
+        f"{'08:00:01':<9} {'trial':<9} {'tune-x-001':<44} {'Completed':<11} {'42s':>6}  validation:accuracy=0.5000",
+        f"{'09:30:00':<9} {'transform':<9} {'batch-b1':<44} {'Completed':<11} {'5s':>6}  6 classified, 1 already done"]
+
+
+def test_predict_asks_for_a_top_k_only_when_given_one(tmp_path, dataset5):
+    class RecordingHome(client.Home):
+        def api(self, method, path, body=None, content_type=None, timeout=60):
+            asked.append((method, path, content_type))
+            return 200, {"predictions": []}
+
+    asked = []
+    image = sorted(dataset5.rglob("*.jpg"))[0]
+    home = RecordingHome(tmp_path)
+    assert client.predict_file(home, image) == [] and client.predict_file(home, image, top_k=3) == []
+    assert asked == [("POST", "/predict", "image/jpeg"), ("POST", "/predict?top_k=3", "image/jpeg")]
+
+
 @pytest.mark.parametrize("run, state, expected", [
     ({"layout_problems": ["train/ has 1 class"]}, {}, (False, "the dataset was refused: train/ has 1 class")),
     ({"tuning_status": "Completed", "training_status": "Failed", "training_failure": "AlgorithmError: boom"}, {},
@@ -247,8 +285,8 @@ def test_the_progress_feed_reports_each_change_once(tmp_path):
         "tuning"])
 def test_a_followed_run_is_over_when_deployed_refused_or_failed(run, state, expected):
     full = {"runs": {"dogs/m2": {"training_job": "train-2", **run}}, **state}
-    assert cli.run_outcome(full, "dogs/m2") == expected
-    assert cli.run_outcome(full, "dogs/other-marker") is None      # a run not yet recorded is not over
+    assert client.run_outcome(full, "dogs/m2") == expected
+    assert client.run_outcome(full, "dogs/other-marker") is None      # a run not yet recorded is not over
 
 
 def test_fetch_and_demo_get_every_argument_after_their_name(tmp_path, capsys):

@@ -11,45 +11,17 @@ import csv
 import io
 import json
 import tarfile
-import time
-import urllib.error
-import urllib.request
-from dataclasses import replace
 
-from chalicelib.config import QualityGate
+from local_support import http, wait_for
+
+from chalicelib.sagemaker_requests import job_artifact_uri, split_s3_uri
 from dogbreeds import cli
 from dogbreeds.stack import LocalStack, local_config
-
-
-def http(method, url, body=None, content_type=None):
-    request = urllib.request.Request(url, data=body, method=method,
-                                     headers={"Content-Type": content_type} if content_type else {})
-    try:
-        with urllib.request.urlopen(request, timeout=60) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as error:
-        return error.code, json.loads(error.read())
-
-
-def wait_for(check, timeout, what):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what}")
+from model_code.inference import display_label
 
 
 def test_publish_to_predictions_through_the_local_runtime(tmp_path, dataset5, capsys):
-    config = local_config(profile="quick")
-    config = replace(config,
-                     tuning=replace(config.tuning, max_training_jobs=2, max_parallel_training_jobs=2,
-                                    random_seed=3,
-                                    static_hyperparameters={**config.tuning.static_hyperparameters, "epochs": 1}),
-                     final_training=replace(config.final_training, static_hyperparameters={
-                         **config.final_training.static_hyperparameters, "epochs": 2}),
-                     gate=QualityGate(accuracy_floor=0.0))
+    config = local_config("quick", trials=2, parallel=2, seed=3, trial_epochs=1, epochs=2, accuracy_floor=0.0)
     with LocalStack(tmp_path / "stack", config=config, cores=2) as stack:
         status, body = http("POST", f"{stack.api_url}/predict", b"\xff\xd8\xff\xe0", "image/jpeg")
         assert (status, body["Code"]) == (503, "NoModel")
@@ -89,7 +61,7 @@ def test_publish_to_predictions_through_the_local_runtime(tmp_path, dataset5, ca
         # output.tar.gz holds the job's outputs, not its checkpoints (a trial has no CheckpointConfig)
         for name in (best["TrainingJobName"], run["training_job"]):
             output = stack.sagemaker.describe_training_job(TrainingJobName=name)["OutputDataConfig"]["S3OutputPath"]
-            key = f"{output.split('/', 3)[3].rstrip('/')}/{name}/output/output.tar.gz"
+            _, key = split_s3_uri(job_artifact_uri(output, name, "output.tar.gz"))
             with tarfile.open(fileobj=stack.s3.get_object(Bucket=config.bucket, Key=key)["Body"]) as tar:
                 names = set(tar.getnames())
             assert {"report.html", "diagnostics.json", "metrics.jsonl"} <= names
@@ -126,7 +98,7 @@ def test_publish_to_predictions_through_the_local_runtime(tmp_path, dataset5, ca
             Bucket=config.bucket, Key="batch/b1/output/predictions.csv")["Body"].read().decode())))
         assert [r["image_key"] for r in rows] == sorted(
             f"batch/b1/input/{p.parent.name}/{p.name}" for p in inputs)
-        labels = {c.split(".", 1)[-1] for c in classes}
+        labels = {display_label(c) for c in classes}
         assert all(r["top_label"] in labels and r["error"] == "" for r in rows)
 
         # the `dogbreeds` command against the same running stack, as a user in another terminal uses it
@@ -146,6 +118,9 @@ def test_publish_to_predictions_through_the_local_runtime(tmp_path, dataset5, ca
         shown = captured.out.strip().split(": ", 1)[1].split(", ")
         assert len(shown) == 2 and all(s.rsplit(" ", 1)[0] in labels for s in shown)
         assert f"{dataset5 / 'train'}: no such file" in captured.err
+        assert cli.main(["predict", str(image), *home]) == 0
+        shown = capsys.readouterr().out.strip().split(": ", 1)[1].split(", ")
+        assert len(shown) == len(classes) == 5       # the handler's default top_k (5): the command sends none
 
         folder = tmp_path / "to-classify"
         folder.mkdir()

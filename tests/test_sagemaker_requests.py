@@ -23,8 +23,9 @@ from conftest import ROOT
 
 from chalicelib import names
 from chalicelib import sagemaker_requests as requests
-from chalicelib.config import (STRATEGIES, BatchConfig, ConfigError, ContinuousRange, HostingConfig,
-                               ManagedDebuggerConfig, PipelineConfig, TrainingResources, TuningConfig)
+from chalicelib.config import (PROFILES, STRATEGIES, BatchConfig, BucketLayout, ConfigError, ContinuousRange,
+                               FrameworkConfig, HostingConfig, ManagedDebuggerConfig, PipelineConfig, TrainingResources,
+                               TuningConfig)
 from deploy.lambda_package import VENDORED
 from training import train
 
@@ -619,6 +620,117 @@ def test_the_endpoint_name_is_stable_and_checked():
     assert names.endpoint_name() == "dogbreeds"
     with pytest.raises(ValueError):
         names.endpoint_name("dog_breeds")
+
+
+# --- the profiles: the AWS defaults and this machine's quick run ------------------------------------
+
+def profile_values(config: PipelineConfig) -> dict:
+    """The values of a configuration that a profile decides, as plain data a test can spell out."""
+    tuning, final = config.tuning, config.final_training
+    return {
+        "strategy": tuning.strategy, "objective": (tuning.objective_metric, tuning.objective_type),
+        "jobs": (tuning.max_training_jobs, tuning.max_parallel_training_jobs, tuning.max_grid_training_jobs),
+        "hyperband epochs": (tuning.hyperband_min_epochs, tuning.hyperband_max_epochs), "seed": tuning.random_seed,
+        "continuous": [(r.name, r.min_value, r.max_value, r.scaling, r.grid_points) for r in tuning.continuous_ranges],
+        "categorical": [(r.name, r.values) for r in tuning.categorical_ranges],
+        "trial statics": dict(tuning.static_hyperparameters), "final statics": dict(final.static_hyperparameters),
+        "gate": (config.gate.accuracy_floor, config.gate.metric),
+    }
+
+
+# Pinned when the profiles moved into one table: each profile's configuration is what it was before.
+PROFILE_VALUES = {
+    "default": {
+        "strategy": "Bayesian", "objective": ("validation:accuracy", "Maximize"), "jobs": (6, 2, 32),
+        "hyperband epochs": (1, 10), "seed": None,
+        "continuous": [("lr", 1e-4, 1e-1, "Logarithmic", 4), ("weight-decay", 1e-3, 1e-1, "Logarithmic", 2),
+                       ("eps", 1e-9, 1e-7, "Logarithmic", 1)],
+        "categorical": [("batch-size", (32, 64)), ("arch", ("resnet18", "resnet34"))],
+        "trial statics": {"finetune": "head", "weights": "imagenet", "image-size": 224, "epochs": 5,
+                          "early-stopping-patience": 2, "profile-steps": 0},
+        "final statics": {"finetune": "head", "weights": "imagenet", "image-size": 224, "epochs": 15,
+                          "early-stopping-patience": 3, "profile-steps": 5},
+        "gate": (0.6, "test:accuracy"),
+    },
+    "quick": {
+        "strategy": "Bayesian", "objective": ("validation:accuracy", "Maximize"), "jobs": (3, 1, 32),
+        "hyperband epochs": (1, 10), "seed": None,
+        "continuous": [("lr", 1e-3, 1e-2, "Logarithmic", 3), ("weight-decay", 1e-3, 1e-1, "Logarithmic", 2),
+                       ("eps", 1e-9, 1e-7, "Logarithmic", 1)],
+        "categorical": [("batch-size", (16, 32)), ("arch", ("resnet18",))],
+        "trial statics": {"finetune": "full", "weights": "none", "image-size": 64, "augment": "flip", "epochs": 3,
+                          "early-stopping-patience": 2, "profile-steps": 0},
+        "final statics": {"finetune": "full", "weights": "none", "image-size": 64, "augment": "flip", "epochs": 10,
+                          "early-stopping-patience": 4, "profile-steps": 5},
+        "gate": (0.6, "test:accuracy"),
+    },
+}
+
+
+def profile_config(profile: str, **overrides) -> PipelineConfig:
+    return PipelineConfig.from_profile(profile, bucket="dogbreeds-bucket", role_arn=ROLE, region="us-east-1",
+                                       **overrides)
+
+
+def test_the_table_holds_the_pinned_profiles():
+    assert sorted(PROFILES) == sorted(PROFILE_VALUES)
+
+
+@pytest.mark.parametrize("profile", sorted(PROFILE_VALUES))
+def test_each_profile_configures_its_ranges_statics_and_job_counts(profile):
+    config = profile_config(profile)
+    assert profile_values(config) == PROFILE_VALUES[profile]
+    # the parts no profile changes keep the reference defaults
+    assert (config.training_resources, config.framework, config.hosting, config.batch, config.debugger,
+            config.layout) == (TrainingResources(), FrameworkConfig(), HostingConfig(), BatchConfig(),
+                               ManagedDebuggerConfig(), BucketLayout())
+
+
+def test_the_default_profile_is_the_aws_configuration_the_environment_gives():
+    assert profile_config("default") == make_config()
+    assert PipelineConfig.from_env(BASE_ENV) == PipelineConfig.from_profile(
+        "default", bucket="dogbreeds-bucket", role_arn=ROLE, region="eu-west-1")
+
+
+def trainer_choices(option: str) -> tuple:
+    """The values train.py's ``--<option>`` accepts."""
+    [action] = [a for a in train.get_args_parser(env={})._actions if a.dest == option.replace("-", "_")]
+    return tuple(action.choices)
+
+
+@pytest.mark.parametrize("profile", sorted(PROFILES))
+def test_every_profile_tunes_only_architectures_the_trainer_builds(profile):
+    [arch] = [r for r in PROFILES[profile].categorical_ranges if r.name == "arch"]
+    assert set(arch.values) <= set(trainer_choices("arch")), set(arch.values) - set(trainer_choices("arch"))
+
+
+@pytest.mark.parametrize("profile", sorted(PROFILES))
+def test_every_profiles_hyperparameters_parse_in_train_py(profile):
+    chosen = PROFILES[profile]
+    for statics in (chosen.trial_hyperparameters, chosen.final_hyperparameters):
+        assert set(statics) <= set(train.DEFAULTS), set(statics) - set(train.DEFAULTS)
+        args = train.parse_args(toolkit_argv(requests.encode_hyperparameters(statics)), env={})
+        for name, value in statics.items():
+            assert getattr(args, name.replace("-", "_")) == value, name
+
+
+def test_overrides_change_only_what_they_name():
+    config = profile_config("quick", strategy="Hyperband", trials=5, parallel=2, trial_epochs=4, epochs=7,
+                            accuracy_floor=0.25, seed=11)
+    values = profile_values(config)
+    expected = PROFILE_VALUES["quick"]
+    assert values == {**expected, "strategy": "Hyperband", "jobs": (5, 2, 32), "hyperband epochs": (1, 4), "seed": 11,
+                      "trial statics": {**expected["trial statics"], "epochs": 4},
+                      "final statics": {**expected["final statics"], "epochs": 7}, "gate": (0.25, "test:accuracy")}
+
+
+def test_an_unknown_profile_or_a_bad_override_is_refused_with_the_reason():
+    with pytest.raises(ConfigError, match="unknown profile 'fast': one of default, quick"):
+        profile_config("fast")
+    with pytest.raises(ConfigError, match="max training jobs must be at least 1, got 0"):
+        profile_config("quick", trials=0)
+    with pytest.raises(ConfigError, match=r"Hyperband needs 1 <= min epochs \(0\)"):
+        profile_config("quick", trial_epochs=0)
 
 
 # --- configuration from the environment --------------------------------------------------------------

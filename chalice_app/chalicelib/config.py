@@ -3,7 +3,9 @@
 The defaults are the reference projects' choices (DESIGN.md, "Defaults taken from the reference
 projects"). Everything is a frozen dataclass, so a configuration is a value: build one with
 ``PipelineConfig(bucket=..., role_arn=..., region=...)``, change a copy with ``dataclasses.replace``,
-or read the deployment's from its environment with ``PipelineConfig.from_env(os.environ)``.
+read the deployment's from its environment with ``PipelineConfig.from_env(os.environ)``, or take a
+named profile's (``PROFILES``: ``default`` is the AWS configuration, ``quick`` one CPU machine's) with
+``PipelineConfig.from_profile``.
 Invalid combinations fail when the object is built, with a message that names the setting.
 
 Standard library only: this module runs on Lambda.
@@ -130,36 +132,74 @@ class CategoricalRange:
             _check([f"range {self.name}: values repeat: {self.values}"])
 
 
-# The search space of the reference projects: AdamW's lr, weight decay and eps, two batch sizes, two ResNets.
-DEFAULT_CONTINUOUS_RANGES = (
-    ContinuousRange("lr", 1e-4, 1e-1, "Logarithmic", grid_points=4),            # grid: 1e-4, 1e-3, 1e-2, 1e-1
-    ContinuousRange("weight-decay", 1e-3, 1e-1, "Logarithmic", grid_points=2),  # grid: 1e-3, 1e-1
-    ContinuousRange("eps", 1e-9, 1e-7, "Logarithmic", grid_points=1),           # grid: 1e-8 (eps barely matters)
-)
-DEFAULT_CATEGORICAL_RANGES = (
-    CategoricalRange("batch-size", (32, 64)),
-    CategoricalRange("arch", ("resnet18", "resnet34")),
-)
+@dataclass(frozen=True)
+class Profile:
+    """A sizing of the whole pipeline: the model every job trains (``model``), what each tuning trial
+    and the instrumented run get on top (``trial``, ``final``), how many trials, and the search space.
+    ``PROFILES`` names them; ``PipelineConfig.from_profile`` turns one into a configuration."""
+    model: Mapping[str, Value]
+    trial: Mapping[str, Value]
+    final: Mapping[str, Value]
+    max_training_jobs: int
+    max_parallel_training_jobs: int
+    continuous_ranges: Tuple[ContinuousRange, ...]
+    categorical_ranges: Tuple[CategoricalRange, ...]
 
-# Hyperparameters every tuning trial gets (names and meanings: training/train.py, Contract 1).
-DEFAULT_TRIAL_HYPERPARAMETERS = {
-    "finetune": "head",
-    "weights": "imagenet",
-    "image-size": 224,
-    "epochs": 5,
-    "early-stopping-patience": 2,
-    "profile-steps": 0,            # trials only need their metric lines; the final run keeps a trace
-}
+    def __post_init__(self):
+        for name in ("model", "trial", "final"):
+            object.__setattr__(self, name, _frozen(getattr(self, name)))
 
-# Hyperparameters of the instrumented run, on top of the best trial's tuned values.
-DEFAULT_FINAL_HYPERPARAMETERS = {
-    "finetune": "head",
-    "weights": "imagenet",
-    "image-size": 224,
-    "epochs": 15,
-    "early-stopping-patience": 3,
-    "profile-steps": 5,
-}
+    @property
+    def trial_hyperparameters(self) -> Mapping[str, Value]:
+        """The static hyperparameters of every tuning trial."""
+        return _frozen({**self.model, **self.trial})
+
+    @property
+    def final_hyperparameters(self) -> Mapping[str, Value]:
+        """The instrumented run's hyperparameters, on top of the best trial's tuned values."""
+        return _frozen({**self.model, **self.final})
+
+    def summary(self) -> str:
+        """One line for people: ``weights imagenet, finetune head, 224 px; 6 trials (2 at a time) of 5
+        epochs, then 15 epochs``."""
+        model = self.model
+        return (f"weights {model['weights']}, finetune {model['finetune']}, {model['image-size']} px; "
+                f"{self.max_training_jobs} trials ({self.max_parallel_training_jobs} at a time) of "
+                f"{self.trial['epochs']} epochs, then {self.final['epochs']} epochs")
+
+
+# AdamW's weight decay and eps, searched alike by every profile.
+_WEIGHT_DECAY = ContinuousRange("weight-decay", 1e-3, 1e-1, "Logarithmic", grid_points=2)  # grid: 1e-3, 1e-1
+_EPS = ContinuousRange("eps", 1e-9, 1e-7, "Logarithmic", grid_points=1)       # grid: 1e-8 (eps barely matters)
+
+# Every profile in one table (hyperparameter names and meanings: training/train.py, Contract 1).
+PROFILES: Mapping[str, Profile] = MappingProxyType({
+    # The reference projects' choices, the AWS configuration: ImageNet ResNets with a new head, AdamW's lr,
+    # weight decay and eps, two batch sizes, two ResNets; 6 trials, 2 at a time.
+    "default": Profile(
+        model={"finetune": "head", "weights": "imagenet", "image-size": 224},
+        # trials only need their metric lines (profile-steps 0); the instrumented run keeps a profiler trace
+        trial={"epochs": 5, "early-stopping-patience": 2, "profile-steps": 0},
+        final={"epochs": 15, "early-stopping-patience": 3, "profile-steps": 5},
+        max_training_jobs=6, max_parallel_training_jobs=2,
+        continuous_ranges=(ContinuousRange("lr", 1e-4, 1e-1, "Logarithmic", grid_points=4),  # grid: 1e-4 .. 1e-1
+                           _WEIGHT_DECAY, _EPS),
+        categorical_ranges=(CategoricalRange("batch-size", (32, 64)),
+                            CategoricalRange("arch", ("resnet18", "resnet34"))),
+    ),
+    # This machine: a CPU and a generated dataset. From scratch, 64 px, every layer trains; 3 trials one
+    # after the other, each with every core.
+    "quick": Profile(
+        model={"finetune": "full", "weights": "none", "image-size": 64, "augment": "flip"},
+        trial={"epochs": 3, "early-stopping-patience": 2, "profile-steps": 0},
+        final={"epochs": 10, "early-stopping-patience": 4, "profile-steps": 5},
+        max_training_jobs=3, max_parallel_training_jobs=1,
+        # From scratch, AdamW diverges above lr ~1e-2 and crawls below 1e-3: with 3 trials, search where it learns.
+        continuous_ranges=(ContinuousRange("lr", 1e-3, 1e-2, "Logarithmic", grid_points=3), _WEIGHT_DECAY, _EPS),
+        categorical_ranges=(CategoricalRange("batch-size", (16, 32)), CategoricalRange("arch", ("resnet18",))),
+    ),
+})
+_DEFAULT = PROFILES["default"]     # the dataclasses' defaults below, and so from_env's
 
 
 @dataclass(frozen=True)
@@ -176,12 +216,11 @@ class TuningConfig:
     strategy: str = "Bayesian"
     objective_metric: str = "validation:accuracy"
     objective_type: str = "Maximize"
-    max_training_jobs: int = 6
-    max_parallel_training_jobs: int = 2
-    continuous_ranges: Tuple[ContinuousRange, ...] = DEFAULT_CONTINUOUS_RANGES
-    categorical_ranges: Tuple[CategoricalRange, ...] = DEFAULT_CATEGORICAL_RANGES
-    static_hyperparameters: Mapping[str, Value] = field(
-        default_factory=lambda: _frozen(DEFAULT_TRIAL_HYPERPARAMETERS))
+    max_training_jobs: int = _DEFAULT.max_training_jobs
+    max_parallel_training_jobs: int = _DEFAULT.max_parallel_training_jobs
+    continuous_ranges: Tuple[ContinuousRange, ...] = _DEFAULT.continuous_ranges
+    categorical_ranges: Tuple[CategoricalRange, ...] = _DEFAULT.categorical_ranges
+    static_hyperparameters: Mapping[str, Value] = field(default_factory=lambda: _DEFAULT.trial_hyperparameters)
     hyperband_min_epochs: int = 1
     hyperband_max_epochs: int = 10
     max_grid_training_jobs: int = 32
@@ -239,8 +278,7 @@ class TuningConfig:
 @dataclass(frozen=True)
 class FinalTrainingConfig:
     """The instrumented training run that follows tuning: best hyperparameters plus these."""
-    static_hyperparameters: Mapping[str, Value] = field(
-        default_factory=lambda: _frozen(DEFAULT_FINAL_HYPERPARAMETERS))
+    static_hyperparameters: Mapping[str, Value] = field(default_factory=lambda: _DEFAULT.final_hyperparameters)
 
     def __post_init__(self):
         object.__setattr__(self, "static_hyperparameters", _frozen(self.static_hyperparameters))
@@ -529,6 +567,37 @@ class PipelineConfig:
                 problems.extend(exc.problems)
         _check(problems)
         return cls(bucket=bucket, role_arn=role_arn, region=region, **parts)  # may still raise: cross-part checks
+
+    @classmethod
+    def from_profile(cls, profile: str, bucket: str, role_arn: str, region: str, *, strategy: Optional[str] = None,
+                     trials: Optional[int] = None, parallel: Optional[int] = None,
+                     trial_epochs: Optional[int] = None, epochs: Optional[int] = None,
+                     accuracy_floor: Optional[float] = None, seed: Optional[int] = None) -> "PipelineConfig":
+        """``PROFILES[profile]`` for this account, with the settings given changed (None keeps the
+        profile's): the tuning ``strategy``, the most ``trials`` and how many run in ``parallel``, the
+        ``trial_epochs`` (under Hyperband, its epoch budget too), the instrumented run's ``epochs``, the
+        gate's ``accuracy_floor`` and the tuner's ``seed``. Raises ConfigError, naming the setting, for an
+        unknown profile or an invalid value."""
+        if profile not in PROFILES:
+            raise ConfigError([f"unknown profile {profile!r}: one of {', '.join(PROFILES)}"])
+        chosen = PROFILES[profile]
+        tuning = {"max_training_jobs": chosen.max_training_jobs,
+                  "max_parallel_training_jobs": chosen.max_parallel_training_jobs,
+                  "continuous_ranges": chosen.continuous_ranges, "categorical_ranges": chosen.categorical_ranges,
+                  "static_hyperparameters": chosen.trial_hyperparameters}
+        changes = {"strategy": strategy, "max_training_jobs": trials, "max_parallel_training_jobs": parallel,
+                   "random_seed": seed}
+        tuning.update({name: value for name, value in changes.items() if value is not None})
+        final = dict(chosen.final_hyperparameters)
+        if trial_epochs is not None:
+            tuning["static_hyperparameters"] = {**tuning["static_hyperparameters"], "epochs": trial_epochs}
+            tuning["hyperband_max_epochs"] = trial_epochs          # Hyperband gives every trial its maximum
+            tuning["hyperband_min_epochs"] = min(TuningConfig.hyperband_min_epochs, trial_epochs)
+        if epochs is not None:
+            final["epochs"] = epochs
+        gate = QualityGate() if accuracy_floor is None else QualityGate(accuracy_floor=accuracy_floor)
+        return cls(bucket=bucket, role_arn=role_arn, region=region, tuning=TuningConfig(**tuning),
+                   final_training=FinalTrainingConfig(static_hyperparameters=final), gate=gate)
 
 
 def _account_problems(bucket: Optional[str], role_arn: Optional[str], region: Optional[str]) -> list:
