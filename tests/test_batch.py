@@ -88,7 +88,7 @@ def test_a_batch_lives_under_its_prefix_with_input_output_and_the_summary():
     assert keys.output_prefix("b1") == "batch/b1/output/"
     assert keys.predictions_key("b1") == "batch/b1/output/predictions.csv"
     assert keys.predictions_key("b1", "jobs-in/") == "jobs-in/b1/output/predictions.csv"
-    assert keys.BATCHES_PREFIX == BucketLayout().batches
+    assert BucketLayout().batches == keys.BATCHES_PREFIX == "batch/"          # Contract 3
 
 
 def test_an_output_key_maps_back_to_its_image_under_another_prefix_and_only_for_its_batch():

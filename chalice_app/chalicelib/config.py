@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Mapping, Optional, Tuple, Union
 
+from batch.keys import BATCHES_PREFIX
+
 STRATEGIES = ("Bayesian", "Random", "Hyperband", "Grid")
 SCALING_TYPES = ("Auto", "Linear", "Logarithmic", "ReverseLogarithmic")
 OBJECTIVE_TYPES = ("Maximize", "Minimize")
@@ -422,7 +424,7 @@ class QualityGate:
 class BucketLayout:
     """Key prefixes in the bucket (Contract 3). Datasets and batches are the users'; the rest is ours."""
     datasets: str = "datasets/"
-    batches: str = "batch/"
+    batches: str = BATCHES_PREFIX
     jobs: str = "jobs/"                # job outputs: s3://<bucket>/jobs/<job-name>/
     checkpoints: str = "checkpoints/"  # s3://<bucket>/checkpoints/<training-job-name>/
     code: str = "code/"                # content-addressed sourcedir.tar.gz packages
