@@ -177,19 +177,19 @@ def run_mode(mode: str, data: Path, work: Path, args) -> dict:
         started = time.perf_counter()
         summary = train.run(hp)
         total = time.perf_counter() - started
-    if summary.get("status") != "Completed" or summary["job"].get("mode") != TRAINER_MODE[mode]:
-        raise RuntimeError(f"{mode}: status {summary.get('status')}, mode {summary['job'].get('mode')}")
+    if summary.status != "Completed" or summary.job.get("mode") != TRAINER_MODE[mode]:
+        raise RuntimeError(f"{mode}: status {summary.status}, mode {summary.job.get('mode')}")
 
-    batches = summary["loader_batches"]
+    batches = summary.loader_batches
     extract_batches = sum(d + c for ph, d, c in zip(batches["phase"], batches["data_seconds"],
                                                     batches["compute_seconds"]) if ph.startswith("extract-"))
-    epoch_seconds = [row["seconds"] for row in summary["epochs"]]
+    epoch_seconds = [row.seconds for row in summary.epochs]
     # The trainer checkpoints after every epoch, outside its per-epoch "seconds". The gaps between
     # consecutive epoch records in metrics.jsonl are the whole loop iteration: epoch + checkpoint.
     stamps = [json.loads(line)["time"] for line in (out / "output" / "metrics.jsonl").read_text().splitlines()
               if line.strip() and json.loads(line).get("type") == "epoch"]
     loop_seconds = [b - a for a, b in zip(stamps, stamps[1:])]
-    steps = summary["steps"]
+    steps = summary.steps
     train_steps = [(d, c) for d, c in zip(steps["data_seconds"], steps["compute_seconds"])]
     return {
         "mode": mode,
@@ -202,10 +202,10 @@ def run_mode(mode: str, data: Path, work: Path, args) -> dict:
         "train_step_data": sum(d for d, _ in train_steps) / len(epoch_seconds),
         "train_step_compute": sum(c for _, c in train_steps) / len(epoch_seconds),
         "steps_per_epoch": len(train_steps) / len(epoch_seconds),
-        "test_acc": summary["test"]["test_acc"],
-        "test_loss": summary["test"]["test_loss"],
-        "val_acc": [row["val_acc"] for row in summary["epochs"]],
-        "confusion": summary["confusion"]["matrix"],
+        "test_acc": summary.test.test_acc,
+        "test_loss": summary.test.test_loss,
+        "val_acc": [row.val_acc for row in summary.epochs],
+        "confusion": summary.confusion["matrix"],
         "state": torch.load(out / "model" / "model.pth", weights_only=True),
     }
 

@@ -1,4 +1,4 @@
-"""Tests for training/report.py: the self-contained HTML training report."""
+"""The self-contained HTML training report: training/report.py and its sections, charts and formatting."""
 from __future__ import annotations
 
 import math
@@ -7,9 +7,11 @@ import re
 
 import pytest
 
-from training import report
-from training.report import (MAX_CLASS_BARS, MAX_PLOT_POINTS, Series, downsample, fmt_num,
-                             fmt_pct, line_chart, render_report, top_confusions, write_report)
+from training.charts import MAX_PLOT_POINTS, Series, downsample, line_chart
+from training.formatting import fmt_duration, fmt_num, fmt_pct
+from training.report import render_report, write_report
+from training.report_sections import MAX_CLASS_BARS, top_confusions
+from training.summary import EpochResult, RuleResult, TestResult, TrainingSummary
 
 NAN, INF = float("nan"), float("inf")
 SECTION_IDS = ["rules", "loss", "accuracy", "per-class", "confusions", "gradients",
@@ -38,36 +40,36 @@ def section(page: str, sid: str) -> str:
     return m.group(1)
 
 
-def sample_summary() -> dict:
+def sample_summary() -> TrainingSummary:
     classes = ["001.Affenpinscher", "002.Afghan_hound", "003.Airedale_terrier"]
-    return {
-        "title": "Training report: dogbreeds-train-abc123",
-        "job": {"arch": "resnet18", "finetune": "head", "epochs": 3, "lr": 0.001},
-        "status": "Completed", "device": "cpu", "started_at": "2024-11-22T04:30:12Z",
-        "seconds": 123.4,
-        "dataset": {"fingerprint": "abc", "class_counts": {
+    return TrainingSummary(
+        title="Training report: dogbreeds-train-abc123",
+        job={"arch": "resnet18", "finetune": "head", "epochs": 3, "lr": 0.001},
+        status="Completed", device="cpu", started_at="2024-11-22T04:30:12Z",
+        seconds=123.4,
+        dataset={"fingerprint": "abc", "class_counts": {
             "train": dict(zip(classes, [40, 20, 30])), "valid": dict(zip(classes, [5, 5, 5]))},
             "skipped_images": [{"path": "train/001.A/x.jpg", "reason": "image data is corrupt"}]},
-        "epochs": [{"epoch": e, "train_loss": 1.5 / e, "train_acc": 0.3 * e, "val_loss": 1.6 / e,
-                    "val_acc": 0.25 * e, "seconds": 3.0} for e in (1, 2, 3)],
-        "best_epoch": 3,
-        "test": {"test_loss": 0.5, "test_acc": 0.7},
-        "steps": {"step": list(range(1, 31)), "loss": [2 - s / 20 for s in range(1, 31)],
-                  "data_seconds": [0.01] * 30, "compute_seconds": [0.03] * 30},
-        "gradients": {"step": [1, 10, 20], "groups": {"stem": [0.1, 0.05, 0.02],
-                                                      "head": [1.0, 0.5, 0.3]}},
-        "system": {"t": [0, 1, 2], "cpu_percent": [50, 60, 55], "rss_mb": [800, 810, 820],
-                   "gpu_util": None, "gpu_mem_mb": None},
-        "per_class": [{"class": c, "label": c[4:], "correct": k + 5, "total": 10}
-                      for k, c in enumerate(classes)],
-        "confusion": {"classes": classes, "matrix": [[5, 3, 2], [1, 6, 3], [0, 2, 7]]},
-        "rules": [{"name": "Overfitting", "kind": "training", "status": "IssuesFound",
-                   "message": "val loss rose", "advice": "stop earlier",
-                   "evidence": {"epoch": 3, "values": [1, 2, 3]}}],
-        "profiler": {"trace_file": "profiler-trace.json", "steps": [5, 6, 7],
-                     "top_ops": [{"name": "aten::conv2d", "calls": 60, "cpu_ms": 120.5,
-                                  "self_cpu_ms": 10.1, "cuda_ms": 0.0}]},
-    }
+        epochs=[EpochResult(epoch=e, train_loss=1.5 / e, train_acc=0.3 * e, val_loss=1.6 / e,
+                            val_acc=0.25 * e, seconds=3.0) for e in (1, 2, 3)],
+        best_epoch=3,
+        test=TestResult(test_loss=0.5, test_acc=0.7),
+        steps={"step": list(range(1, 31)), "loss": [2 - s / 20 for s in range(1, 31)],
+               "data_seconds": [0.01] * 30, "compute_seconds": [0.03] * 30},
+        gradients={"step": [1, 10, 20], "groups": {"stem": [0.1, 0.05, 0.02],
+                                                   "head": [1.0, 0.5, 0.3]}},
+        system={"t": [0, 1, 2], "cpu_percent": [50, 60, 55], "rss_mb": [800, 810, 820],
+                "gpu_util": None, "gpu_mem_mb": None},
+        per_class=[{"class": c, "label": c[4:], "correct": k + 5, "total": 10}
+                   for k, c in enumerate(classes)],
+        confusion={"classes": classes, "matrix": [[5, 3, 2], [1, 6, 3], [0, 2, 7]]},
+        rules=[RuleResult(name="Overfitting", kind="training", status="IssuesFound",
+                          message="val loss rose", advice="stop earlier",
+                          evidence={"epoch": 3, "values": [1, 2, 3]})],
+        profiler={"trace_file": "profiler-trace.json", "steps": [5, 6, 7],
+                  "top_ops": [{"name": "aten::conv2d", "calls": 60, "cpu_ms": 120.5,
+                               "self_cpu_ms": 10.1, "cuda_ms": 0.0}]},
+    )
 
 
 # --------------------------------------------------------------------------- self-contained
@@ -125,7 +127,7 @@ def test_report_downsamples_a_10000_step_loss_and_keeps_the_spike():
     n = 10_000
     loss = [2.0 * math.exp(-i / 3000) + 0.05 * math.sin(i) for i in range(n)]
     loss[4321] = 9.0
-    page = render_report({"title": "t", "steps": {"step": list(range(1, n + 1)), "loss": loss}})
+    page = render_report(TrainingSummary(title="t", steps={"step": list(range(1, n + 1)), "loss": loss}))
     sec = section(page, "loss")
     pts = polyline(sec, "train loss per step")
     assert len(pts) <= MAX_PLOT_POINTS
@@ -144,9 +146,9 @@ def test_report_downsamples_a_10000_step_loss_and_keeps_the_spike():
 
 # --------------------------------------------------------------------------- gradients
 def test_gradient_norms_skip_and_mark_nonfinite_values_on_a_log_scale():
-    summary = {"title": "t", "gradients": {"step": [10, 20, 30, 40, 50], "groups": {
+    summary = TrainingSummary(title="t", gradients={"step": [10, 20, 30, 40, 50], "groups": {
         "stem": [1e-3, NAN, 1e-2, 0.0, 1e-1],
-        "head": [INF, 1.0, -1.0, 10.0, 100.0]}}}
+        "head": [INF, 1.0, -1.0, 10.0, 100.0]}})
     sec = section(render_report(summary), "gradients")
     stem, head = polyline(sec, "stem"), polyline(sec, "head")
     assert len(stem) == 3 and len(head) == 3
@@ -166,16 +168,16 @@ def test_gradient_norms_skip_and_mark_nonfinite_values_on_a_log_scale():
 def test_user_strings_are_escaped_everywhere():
     evil = "<script>alert(1)</script>"
     s = sample_summary()
-    s["title"] = f"run {evil} & co"
-    s["job"]["note"] = evil
-    s["failure_reason"] = evil
-    s["per_class"].append({"class": evil, "correct": 0, "total": 4})
-    s["confusion"] = {"classes": ["a", evil], "matrix": [[3, 4], [5, 1]]}
-    s["dataset"]["class_counts"]["train"][evil] = 7
-    s["dataset"]["skipped_images"].append({"path": evil, "reason": evil})
-    s["rules"].append({"name": evil, "kind": "training", "status": "Error", "message": evil,
-                       "advice": evil, "evidence": {"why": evil}})
-    s["profiler"]["top_ops"].append({"name": evil, "calls": 1})
+    s.title = f"run {evil} & co"
+    s.job["note"] = evil
+    s.failure_reason = evil
+    s.per_class.append({"class": evil, "correct": 0, "total": 4})
+    s.confusion = {"classes": ["a", evil], "matrix": [[3, 4], [5, 1]]}
+    s.dataset["class_counts"]["train"][evil] = 7
+    s.dataset["skipped_images"].append({"path": evil, "reason": evil})
+    s.rules.append(RuleResult(name=evil, kind="training", status="Error", message=evil,
+                              advice=evil, evidence={"why": evil}))
+    s.profiler["top_ops"].append({"name": evil, "calls": 1})
     page = render_report(s)
     assert evil not in page
     assert "<script" not in page.lower()
@@ -189,25 +191,25 @@ def test_user_strings_are_escaped_everywhere():
 # --------------------------------------------------------------------------- rules
 def test_rule_table_shows_each_status_and_counts_issues():
     rules = [
-        {"name": "LossNotDecreasing", "kind": "training", "status": "IssuesFound",
-         "message": "flat for 200 steps", "advice": "raise lr"},
-        {"name": "Overfitting", "kind": "training", "status": "NoIssuesFound", "message": "ok"},
-        {"name": "LowGPUUtilization", "kind": "system", "status": "NotApplicable"},
-        {"name": "CPUBottleneck", "kind": "system", "status": "Error", "message": "psutil missing"},
-        {"name": "DataLoaderBottleneck", "kind": "system", "status": "IssuesFound",
-         "message": "40% waiting", "evidence": {"share": 0.4, "steps": list(range(20))}},
+        RuleResult(name="LossNotDecreasing", kind="training", status="IssuesFound",
+                   message="flat for 200 steps", advice="raise lr"),
+        RuleResult(name="Overfitting", kind="training", status="NoIssuesFound", message="ok"),
+        RuleResult(name="LowGPUUtilization", kind="system", status="NotApplicable"),
+        RuleResult(name="CPUBottleneck", kind="system", status="Error", message="psutil missing"),
+        RuleResult(name="DataLoaderBottleneck", kind="system", status="IssuesFound",
+                   message="40% waiting", evidence={"share": 0.4, "steps": list(range(20))}),
     ]
-    sec = section(render_report({"title": "t", "rules": rules}), "rules")
+    sec = section(render_report(TrainingSummary(title="t", rules=rules)), "rules")
     assert 'data-issues="2"' in sec and "<strong>2</strong> issues found by 5 rules" in sec
     rows = re.findall(r"<tr[^>]*>(.*?)</tr>", sec.split("<tbody>")[1], re.S)
     assert len(rows) == len(rules)
     for r in rules:
-        row = next(row for row in rows if f"<strong>{r['name']}</strong>" in row)
-        assert f">{r['status']}</span>" in row
+        row = next(row for row in rows if f"<strong>{r.name}</strong>" in row)
+        assert f">{r.status}</span>" in row
     # rules with issues come first; evidence is compacted
     assert "LossNotDecreasing" in rows[0] and "DataLoaderBottleneck" in rows[1]
     assert "steps=[0, 1, 2, 3, 4, 5, … +14]" in rows[1]
-    none_found = section(render_report({"title": "t", "rules": rules[1:2]}), "rules")
+    none_found = section(render_report(TrainingSummary(title="t", rules=rules[1:2])), "rules")
     assert 'data-issues="0"' in none_found
 
 
@@ -227,7 +229,7 @@ def test_confusion_section_picks_the_most_confused_classes_of_a_large_matrix():
     assert idx[:2] == [3, 17]  # 3 and 17 are involved in 25 + 12 (+ noise) errors
     assert pairs[0][:3] == (3, 17, 25.0) and pairs[1][:3] == (5, 9, 20.0)
 
-    sec = section(render_report({"title": "t", "confusion": {"classes": classes, "matrix": m}}),
+    sec = section(render_report(TrainingSummary(title="t", confusion={"classes": classes, "matrix": m})),
                   "confusions")
     heat_rows = re.findall(r'class="label hm-row"[^>]*>([^<]*)</text>', sec)
     assert len(heat_rows) == 10 and {classes[i] for i in expected} <= set(heat_rows)
@@ -243,7 +245,7 @@ def test_confusion_section_picks_the_most_confused_classes_of_a_large_matrix():
 def test_per_class_bars_worst_first_and_hidden_count():
     per_class = [{"class": f"c{i:02d}", "correct": i % 10, "total": 10} for i in range(50)]
     per_class.append({"class": "empty", "correct": 0, "total": 0})
-    sec = section(render_report({"title": "t", "per_class": per_class}), "per-class")
+    sec = section(render_report(TrainingSummary(title="t", per_class=per_class)), "per-class")
     labels = re.findall(r'<text class="label" [^>]*>([^<]*)</text>', sec)
     assert len(labels) == MAX_CLASS_BARS
     assert set(labels[:5]) == {"c00", "c10", "c20", "c30", "c40"}  # the 0 % classes first
@@ -255,7 +257,7 @@ def test_per_class_bars_worst_first_and_hidden_count():
 
 # --------------------------------------------------------------------------- almost empty
 def test_almost_empty_failed_summary_renders_placeholders():
-    page = render_report({"title": "Training report: crashed-job", "status": "Failed"})
+    page = render_report(TrainingSummary(title="Training report: crashed-job", status="Failed"))
     assert "<h1>Training report: crashed-job</h1>" in page
     assert '<span class="badge b-bad">Failed</span>' in page
     assert "Could not render" not in page
@@ -264,20 +266,20 @@ def test_almost_empty_failed_summary_renders_placeholders():
     header = page[page.index("<header>"):page.index("</header>")]
     assert header.count("not recorded") >= 7  # device, start, duration, accuracies, epochs...
     # nothing at all, or junk, still gives a page
-    assert "not recorded" in render_report({})
+    assert "not recorded" in render_report(TrainingSummary())
     assert "not recorded" in render_report(None)
 
 
 def test_malformed_values_do_not_break_sections():
-    page = render_report({
-        "title": "t", "status": "Stopped", "epochs": "oops",
-        "steps": {"step": [1, 2, 3], "loss": [None, "x", NAN], "data_seconds": [None]},
-        "gradients": {"step": [1, 2], "groups": {"stem": [NAN, INF]}},
-        "system": {"t": [0, 1], "cpu_percent": None, "rss_mb": [1, "a"]},
-        "per_class": [{"class": "a"}, 5], "confusion": {"classes": ["a", "b"], "matrix": [[1]]},
-        "rules": [{"name": "R"}, "junk"], "profiler": {"top_ops": [None]},
-        "dataset": {"class_counts": {"train": {"a": 0, "b": 4}}, "skipped_images": ["p.jpg"]},
-    })
+    page = render_report(TrainingSummary(
+        title="t", status="Stopped", epochs="oops", test="junk",
+        steps={"step": [1, 2, 3], "loss": [None, "x", NAN], "data_seconds": [None]},
+        gradients={"step": [1, 2], "groups": {"stem": [NAN, INF]}},
+        system={"t": [0, 1], "cpu_percent": None, "rss_mb": [1, "a"]},
+        per_class=[{"class": "a"}, 5], confusion={"classes": ["a", "b"], "matrix": [[1]]},
+        rules=[RuleResult(name="R", kind="", status=""), "junk"], profiler={"top_ops": [None]},
+        dataset={"class_counts": {"train": {"a": 0, "b": 4}}, "skipped_images": ["p.jpg"]},
+    ))
     assert "Could not render" not in page
     assert '<span class="badge b-warn">Stopped</span>' in page
     assert "∞ (a class has 0 images)" in section(page, "dataset")
@@ -294,13 +296,13 @@ def test_number_formatting():
     assert fmt_num(42.0) == "42"
     assert fmt_num(NAN) == "NaN" and fmt_num(None) == "—"
     assert fmt_pct(0.8123) == "81.2%" and fmt_pct(81.23) == "81.2%"
-    assert report.fmt_duration(3725) == "1 h 2 min 5 s"
+    assert fmt_duration(3725) == "1 h 2 min 5 s"
 
 
 def test_step_time_share_of_data_wait():
     steps = {"step": list(range(1, 101)), "data_seconds": [0.01] * 50 + [0.03] * 50,
              "compute_seconds": [0.03] * 100}
-    sec = section(render_report({"title": "t", "steps": steps}), "step-time")
+    sec = section(render_report(TrainingSummary(title="t", steps=steps)), "step-time")
     share = float(re.search(r'data-share="([\d.]+)"', sec).group(1))
     assert share == pytest.approx(2.0 / 5.0)  # (0.5 + 1.5) / (2 + 3)
     assert ">40.0%<" in sec and "20 ms" in sec  # mean data wait 20 ms per step
@@ -320,9 +322,10 @@ def test_write_report_is_atomic_and_overwrites(tmp_path):
 
 
 def test_loss_chart_switches_to_log_scale_when_one_epoch_dwarfs_the_rest():
-    spiky = {"epochs": [{"epoch": 1, "train_loss": 1.8, "val_loss": 1571.0},
-                        {"epoch": 2, "train_loss": 0.8, "val_loss": 0.9}]}
-    tame = {"epochs": [{"epoch": 1, "train_loss": 1.8, "val_loss": 2.0},
-                       {"epoch": 2, "train_loss": 0.8, "val_loss": 0.9}]}
-    assert "loss (log scale)" in report.render_report(spiky)
-    assert "loss (log scale)" not in report.render_report(tame)
+    def epoch(n, train_loss, val_loss):
+        return EpochResult(epoch=n, train_loss=train_loss, train_acc=NAN, val_loss=val_loss, val_acc=NAN,
+                           seconds=1.0)
+    spiky = TrainingSummary(epochs=[epoch(1, 1.8, 1571.0), epoch(2, 0.8, 0.9)])
+    tame = TrainingSummary(epochs=[epoch(1, 1.8, 2.0), epoch(2, 0.8, 0.9)])
+    assert "loss (log scale)" in render_report(spiky)
+    assert "loss (log scale)" not in render_report(tame)

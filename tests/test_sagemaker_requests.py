@@ -19,7 +19,7 @@ from dataclasses import replace
 import botocore.session
 import pytest
 from botocore.validate import ParamValidator
-from conftest import ROOT
+from paths import ROOT
 
 from chalicelib import names
 from chalicelib import sagemaker_requests as requests

@@ -16,12 +16,16 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT, SAGEMAKER_METRIC_DEFINITIONS, run_training, train_args
+from paths import ROOT
+from training_support import SAGEMAKER_METRIC_DEFINITIONS, run_training, train_args
 
+from chalicelib.sagemaker_requests import decode_hyperparameter as control_plane_decode
 from dogbreeds.synthetic import generate_dataset
+from model_code.inference import ARCHITECTURES
 from training import data as data_lib
 from training import train
-from training.models import WeightsUnavailable, create_model, imagenet_weights_file, pretrained_state
+from training.models import (FINETUNE_MODES, WEIGHTS_FALLBACKS, WeightsUnavailable, create_model,
+                             imagenet_weights_file, pretrained_state)
 
 TRAIN_PY = ROOT / "training" / "train.py"
 
@@ -124,22 +128,48 @@ def test_hyperparameters_decode_json_values_and_sm_hps_with_cli_precedence():
         train.parse_args(["--arch", "resnet9"], env={})
 
 
+# Hyperparameter values as SageMaker passes them: SDK-encoded JSON, raw console text, and the awkward ones.
+SAGEMAKER_VALUES = ['"head"', '0.001', '32', '1e-08', '-3', 'true', 'false', 'null', 'head', 'resnet18', '[1,2]',
+                    '{"a": 1}', '', '"', '""', ' 7 ', '1,5', 'NaN', 'Infinity', '"0.001"', "'head'", 'True',
+                    '/opt/ml/input/data/weights/resnet18.pth', '{"unclosed": ', '\u00e9']
+
+
+def test_the_trainer_and_the_control_plane_decode_hyperparameters_alike():
+    decoded = [train.decode_hyperparameter(text) for text in SAGEMAKER_VALUES]
+    assert decoded == [control_plane_decode(text) for text in SAGEMAKER_VALUES]
+    # and the rule is "JSON, else the raw text"
+    assert decoded[:9] == ["head", 0.001, 32, 1e-08, -3, True, False, None, "head"]
+    assert decoded[SAGEMAKER_VALUES.index("")] == "" and decoded[SAGEMAKER_VALUES.index('"')] == '"'
+    assert decoded[SAGEMAKER_VALUES.index("[1,2]")] == [1, 2] and decoded[SAGEMAKER_VALUES.index(" 7 ")] == 7
+
+
+def test_the_choice_lists_are_the_owning_modules_and_every_default_is_one_of_them():
+    actions = {a.dest: a for a in train.get_args_parser(env={})._actions}
+    assert actions["arch"].choices == ARCHITECTURES == ("resnet18", "resnet34", "resnet50")
+    assert actions["finetune"].choices == FINETUNE_MODES == ("head", "full")
+    assert actions["augment"].choices == train.AUGMENT_MODES == ("auto", *data_lib.AUGMENTATIONS)
+    assert actions["weights_fallback"].choices == WEIGHTS_FALLBACKS == ("error", "none")
+    assert actions["feature_cache"].choices == train.FEATURE_CACHE_MODES == ("auto", "off")
+    for name, choices in train.CHOICES.items():
+        assert train.DEFAULTS[name] in choices, name
+
+
 # ----------------------------------------------------------------------------------- cached fast path
 
 def test_cached_features_train_the_same_head_as_the_uncached_loop(dataset5, tmp_path):
     common = ("--finetune=head", "--augment=none", "--lr=0.01", "--epochs=6", "--early-stopping-patience=0")
     cached = run_training(dataset5, tmp_path / "cached", *common)
     uncached = run_training(dataset5, tmp_path / "uncached", *common, "--feature-cache=off")
-    assert cached["job"]["mode"] == "cached" and uncached["job"]["mode"] == "frozen"
-    for a, b in zip(cached["epochs"], uncached["epochs"]):
-        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-3)
-        assert a["val_acc"] == pytest.approx(b["val_acc"], abs=0.021)  # at most one image in 50
-    assert cached["test"]["test_acc"] == pytest.approx(uncached["test"]["test_acc"], abs=0.021)
+    assert cached.job["mode"] == "cached" and uncached.job["mode"] == "frozen"
+    for a, b in zip(cached.epochs, uncached.epochs):
+        assert a.train_loss == pytest.approx(b.train_loss, rel=1e-3)
+        assert a.val_acc == pytest.approx(b.val_acc, abs=0.021)  # at most one image in 50
+    assert cached.test.test_acc == pytest.approx(uncached.test.test_acc, abs=0.021)
     head_cached = torch.load(tmp_path / "cached/model/model.pth", weights_only=True)["fc.weight"]
     head_uncached = torch.load(tmp_path / "uncached/model/model.pth", weights_only=True)["fc.weight"]
     assert torch.allclose(head_cached, head_uncached, atol=1e-3)
     # the cached run never ran the backbone during its epochs: no loader batches after extraction
-    assert set(cached["loader_batches"]["phase"]) == {"extract-train", "extract-valid", "extract-test"}
+    assert set(cached.loader_batches["phase"]) == {"extract-train", "extract-valid", "extract-test"}
 
 
 # ------------------------------------------------------------------------------------------- resume
@@ -174,16 +204,16 @@ def test_a_killed_job_resumes_from_its_checkpoint_and_ends_where_an_uninterrupte
     epochs_logged = [int(m) for m in re.findall(r"^epoch=(\d+) ", text, re.M)]
     assert epochs_logged == list(range(interrupted_after + 1, 6))
     test_acc = float(re.search(r"test_acc=([0-9.]+)", text).group(1))
-    assert test_acc == pytest.approx(reference["test"]["test_acc"], abs=0.021)
+    assert test_acc == pytest.approx(reference.test.test_acc, abs=0.021)
     history = json.loads((out / "model/model.json").read_text())["metrics"]
     assert history["epochs_run"] == 5
-    assert history["best_val_acc"] == pytest.approx(max(e["val_acc"] for e in reference["epochs"]), abs=0.021)
+    assert history["best_val_acc"] == pytest.approx(max(e.val_acc for e in reference.epochs), abs=0.021)
 
 
 def test_a_checkpoint_from_other_hyperparameters_is_not_resumed(dataset5, tmp_path):
     run_training(dataset5, tmp_path, "--lr=0.01", "--epochs=2")
     again = run_training(dataset5, tmp_path, "--lr=0.02", "--epochs=2")
-    assert [e["epoch"] for e in again["epochs"]] == [1, 2]
+    assert [e.epoch for e in again.epochs] == [1, 2]
 
 
 # ------------------------------------------------------------------------------------- data problems
@@ -195,13 +225,13 @@ def test_unreadable_images_are_reported_with_their_paths_and_skipped(dataset_cop
     (cls / "notes.jpg").write_text("these are not pixels")
     (cls / "truncated.jpg").write_bytes(good[: len(good) // 2])
     summary = run_training(dataset_copy, tmp_path / "out", "--feature-cache=off", "--epochs=1")
-    skipped = {Path(s["path"]).name: s["reason"] for s in summary["dataset"]["skipped_images"]}
+    skipped = {Path(s["path"]).name: s["reason"] for s in summary.dataset["skipped_images"]}
     assert set(skipped) == {"empty.jpg", "notes.jpg", "truncated.jpg"}
     assert "truncated" in skipped["truncated.jpg"]
-    assert summary["status"] == "Completed"
+    assert summary.status == "Completed"
     # empty and text files fail the header check at planning; the truncated one only when decoded
-    assert sum(summary["dataset"]["class_counts"]["train"].values()) == 201
-    assert summary["steps"]["step"][-1] == 7  # ceil(201 / 32) batches, the truncated image dropped from one
+    assert sum(summary.dataset["class_counts"]["train"].values()) == 201
+    assert summary.steps["step"][-1] == 7  # ceil(201 / 32) batches, the truncated image dropped from one
 
 
 def test_missing_valid_and_test_are_split_from_train_stratified_and_seeded(tmp_path):

@@ -18,14 +18,13 @@ import math
 import statistics
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from training.models import layer_group
-
-NO_ISSUES, ISSUES, ERROR, NOT_APPLICABLE = "NoIssuesFound", "IssuesFound", "Error", "NotApplicable"
+from training.summary import ERROR, ISSUES, NO_ISSUES, NOT_APPLICABLE, RuleResult
 
 
 @dataclass
@@ -48,16 +47,6 @@ class RuleThresholds:
     cpu_bottleneck_data_share: float = 0.5     # CPUBottleneck: share of batch time waiting for data
     stall_seconds: float = 5.0                 # DataLoaderStall: one wait longer than this ...
     stall_median_multiple: float = 10.0        # ... and this many times the median wait
-
-
-@dataclass
-class RuleResult:
-    name: str
-    kind: str  # "training" or "system"
-    status: str
-    message: str
-    advice: str
-    evidence: dict = field(default_factory=dict)
 
 
 # ---------------------------------------------------------------------------------------- recorders
@@ -458,19 +447,20 @@ RULES = (loss_not_decreasing, overfit, overtraining, vanishing_gradient, explodi
          data_loader_stall)
 
 
-def evaluate_rules(record: dict, thresholds: RuleThresholds | None = None) -> list[dict]:
-    """Run every rule on ``record``; a rule that raises is reported with status Error, not lost."""
+def evaluate_rules(record: dict, thresholds: RuleThresholds | None = None) -> list[RuleResult]:
+    """Run every rule on ``record`` (a ``TrainingSummary.record()``, or any part of one); a rule that
+    raises is reported with status Error, not lost."""
     thresholds = thresholds or RuleThresholds()
     results = []
     for rule in RULES:
         try:
-            results.append(asdict(rule(record, thresholds)))
+            results.append(rule(record, thresholds))
         except Exception as exc:  # noqa: BLE001 - one broken rule must not hide the others
             name = "".join(part.title() for part in rule.__name__.split("_"))
-            results.append(asdict(RuleResult(name, "training", ERROR, f"{type(exc).__name__}: {exc}",
-                                             "Report this as a bug in the diagnostics.")))
+            results.append(RuleResult(name, "training", ERROR, f"{type(exc).__name__}: {exc}",
+                                      "Report this as a bug in the diagnostics."))
     return results
 
 
-__all__ = ["RuleThresholds", "StepRecorder", "ActivationProbe", "SystemSampler", "evaluate_rules",
+__all__ = ["RuleThresholds", "RuleResult", "StepRecorder", "ActivationProbe", "SystemSampler", "evaluate_rules",
            "exploding_in_step", "NO_ISSUES", "ISSUES", "ERROR", "NOT_APPLICABLE"]

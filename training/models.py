@@ -14,11 +14,18 @@ import torch
 import torchvision
 from torch import nn
 
-from model_code.inference import build_network
+from model_code.inference import ARCHITECTURES, build_network
 
 log = logging.getLogger(__name__)
 
+__all__ = ["ARCHITECTURES", "FINETUNE_MODES", "WEIGHTS_KEYWORDS", "WEIGHTS_FALLBACKS", "LAYER_GROUPS",
+           "WeightsUnavailable", "create_model", "pretrained_state", "imagenet_weights_file", "backbone_of",
+           "layer_group"]
+
+# ARCHITECTURES (resnet18, resnet34, resnet50) belongs to the inference handlers, which build the same network.
 FINETUNE_MODES = ("head", "full")
+WEIGHTS_KEYWORDS = ("imagenet", "none")  # else ``weights`` is a path to a state_dict file
+WEIGHTS_FALLBACKS = ("error", "none")    # when ImageNet weights are unavailable: fail, or train from scratch
 LAYER_GROUPS = ("stem", "layer1", "layer2", "layer3", "layer4", "head")
 
 
@@ -60,7 +67,7 @@ def pretrained_state(arch: str, weights: str) -> dict | None:
         return state
     path = Path(weights)
     if not path.is_file():
-        raise WeightsUnavailable(f"weights file not found: {path} (use imagenet, none, or a file path)")
+        raise WeightsUnavailable(f"weights file not found: {path} (use {', '.join(WEIGHTS_KEYWORDS)}, or a file path)")
     state = torch.load(path, map_location="cpu", weights_only=True)
     for key in ("model", "state_dict"):  # a checkpoint dict rather than a bare state_dict
         if isinstance(state, dict) and isinstance(state.get(key), dict):

@@ -25,9 +25,11 @@ import math
 import os
 import platform
 import shutil
+import signal
 import sys
+import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, NamedTuple
 
@@ -38,11 +40,13 @@ import torch
 import torchvision
 from torch.nn import functional as F
 
-from model_code.inference import IMAGENET_MEAN, IMAGENET_STD, eval_transform
+from model_code.inference import ARCHITECTURES, IMAGENET_MEAN, IMAGENET_STD, eval_transform
 from training import data as data_lib
-from training.diagnostics import (ISSUES, ActivationProbe, RuleThresholds, StepRecorder, SystemSampler,
-                                  evaluate_rules, exploding_in_step)
-from training.models import WeightsUnavailable, backbone_of, create_model, layer_group
+from training.diagnostics import (ActivationProbe, RuleThresholds, StepRecorder, SystemSampler, evaluate_rules,
+                                  exploding_in_step)
+from training.models import (FINETUNE_MODES, WEIGHTS_FALLBACKS, WeightsUnavailable, backbone_of, create_model,
+                             layer_group)
+from training.summary import ISSUES, EpochResult, TestResult, TrainingSummary
 
 log = logging.getLogger("train")
 
@@ -69,9 +73,17 @@ DEFAULTS = {
     "profile-steps": 3,               # torch.profiler trace of this many steps (0 = off)
 }
 
+AUGMENT_MODES = ("auto", *data_lib.AUGMENTATIONS)  # auto: resolved by parse_args from finetune
+FEATURE_CACHE_MODES = ("auto", "off")
+# The hyperparameters with a fixed set of values, each list owned by the module that acts on it.
+CHOICES = {"arch": ARCHITECTURES, "finetune": FINETUNE_MODES, "augment": AUGMENT_MODES,
+           "feature-cache": FEATURE_CACHE_MODES, "weights-fallback": WEIGHTS_FALLBACKS}
 
-def _decode(text: str):
-    """SageMaker may JSON-encode hyperparameter values ('"resnet18"', '0.001'); fall back to the raw text."""
+
+def decode_hyperparameter(text: str):
+    """A hyperparameter value as SageMaker passes it, decoded: JSON when it parses ('"resnet18"' -> 'resnet18',
+    '0.001' -> 0.001), else the raw text. The control plane's ``decode_hyperparameter`` is the same rule
+    (training may not import it; tests/test_training.py holds the two together)."""
     try:
         return json.loads(text)
     except (TypeError, ValueError):
@@ -80,7 +92,7 @@ def _decode(text: str):
 
 def _hp(cast):
     def convert(text):
-        value = _decode(text)
+        value = decode_hyperparameter(text)
         if cast is bool:
             if isinstance(value, str):
                 if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
@@ -98,12 +110,9 @@ def _hp(cast):
 def get_args_parser(env=os.environ) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    choices = {"arch": ("resnet18", "resnet34", "resnet50"), "finetune": ("head", "full"),
-               "augment": ("auto",) + data_lib.AUGMENTATIONS, "feature-cache": ("auto", "off"),
-               "weights-fallback": ("error", "none")}
     for name, default in DEFAULTS.items():
         cast = type(default) if not isinstance(default, bool) else bool
-        parser.add_argument(f"--{name}", type=_hp(cast), default=default, choices=choices.get(name))
+        parser.add_argument(f"--{name}", type=_hp(cast), default=default, choices=CHOICES.get(name))
     parser.add_argument("--train", default=env.get("SM_CHANNEL_TRAIN"), help="train channel (ImageFolder)")
     parser.add_argument("--valid", default=env.get("SM_CHANNEL_VALID"), help="valid channel (optional)")
     parser.add_argument("--test", default=env.get("SM_CHANNEL_TEST"), help="test channel (optional)")
@@ -231,22 +240,101 @@ class StepProfiler:
                 "steps": self.profiled_steps, "top_ops": self.top_ops}
 
 
-def loader_failure(exc: BaseException, recorder: StepRecorder, phase: str) -> TrainingAborted | None:
-    """A dead or hung data-loader worker, recorded for the DataLoaderStall rule; None for other errors.
+# What reading a dead worker's queue raises when its pipe closes before PyTorch has noticed the death.
+WORKER_CONNECTION_LOST = (EOFError, ConnectionError)
 
-    PyTorch reports a killed worker from the iterator or, through its SIGCHLD handler, from wherever
-    the main process happens to be (often inside backward)."""
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    if not isinstance(exc, RuntimeError) or isinstance(exc, TrainingAborted) or "DataLoader" not in text:
+
+class WorkerDeaths:
+    """Catches PyTorch's reports of dead data-loader workers, so none can interrupt the handling of a failure.
+
+    PyTorch's SIGCHLD handler raises "DataLoader worker (pid N) is killed by signal" at whatever line the main
+    process is running. During training that is what stops a loop waiting on a dead worker, so it still raises
+    then; but the same death is often seen first as an EOFError from the worker's queue, and the handler's
+    RuntimeError then landed inside the failure path (while the EOFError was being classified), replacing the
+    failure. Wrapped here: every report is kept in ``errors``, and raised only while training runs and no
+    exception is being handled."""
+
+    def __init__(self):
+        self.errors: list[RuntimeError] = []
+        self.training = True
+        self._wrapped = None
+
+    def watch(self):
+        """Wrap PyTorch's handler; call once a worker-backed iterator exists (PyTorch installs it then)."""
+        if threading.current_thread() is not threading.main_thread():
+            return  # signal handlers belong to the main thread; a loader elsewhere keeps PyTorch's own
+        current = signal.getsignal(signal.SIGCHLD)
+        if callable(current) and current != self._on_child_exit:
+            self._wrapped = current
+            signal.signal(signal.SIGCHLD, self._on_child_exit)
+
+    def _on_child_exit(self, signum, frame):
+        interrupt = self.training and sys.exc_info()[1] is None  # never a failure already being handled
+        try:
+            self._wrapped(signum, frame)
+        except RuntimeError as exc:
+            self.errors.append(exc)
+            if interrupt:
+                raise
+
+    def wait(self, seconds: float) -> list[RuntimeError]:
+        """The reports so far, waiting up to ``seconds`` for a first one (the kernel reports a worker dead
+        a moment after its queue's pipe closes)."""
+        deadline = time.monotonic() + seconds
+        while not self.errors and self._wrapped is not None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return self.errors
+
+    def close(self):
+        """The run is over: nothing raises any more. PyTorch's handler comes back unless a worker died (its
+        siblings are still exiting, and each exit would report the dead one again)."""
+        self.training = False
+        if not self.errors and self._wrapped is not None and signal.getsignal(signal.SIGCHLD) == self._on_child_exit:
+            signal.signal(signal.SIGCHLD, self._wrapped)
+            self._wrapped = None
+
+
+def exception_chain(exc: BaseException):
+    """``exc`` and the exceptions it was raised from or while handling, newest first."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        yield exc
+        exc = exc.__cause__ or exc.__context__
+
+
+def first_line(exc: BaseException) -> str:
+    """An exception's message, first line only (its type's name when it has none)."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def loader_failure(exc: BaseException, worker_deaths: WorkerDeaths | None) -> str | None:
+    """The report of a dead or hung data-loader worker behind ``exc``, as one line; None for other failures.
+
+    PyTorch reports a dead worker as a RuntimeError naming the DataLoader, from the iterator or from its
+    SIGCHLD handler wherever the main process is (often inside backward); reading the dead worker's queue can
+    fail first, with an EOFError, and the report follows a moment later. So the reports are looked for in
+    ``exc``'s whole chain and among those ``worker_deaths`` caught; the one naming the worker is preferred."""
+    chain = list(exception_chain(exc))
+    if any(isinstance(e, TrainingAborted) for e in chain):
         return None
-    recorder.loader_failures.append({"phase": phase, "error": text})
-    return TrainingAborted(f"data loader failed during {phase}: {text}")
+    reports = [e for e in chain if isinstance(e, RuntimeError) and "DataLoader" in first_line(e)]
+    if worker_deaths is not None:
+        lost = any(isinstance(e, WORKER_CONNECTION_LOST) for e in chain)
+        reports += worker_deaths.wait(5.0 if lost and not reports else 0.0)
+    if not reports:
+        return None
+    reports.sort(key=lambda e: "pid" not in first_line(e))
+    return first_line(reports[0])
 
 
-def iterate_loader(loader, phase: str, recorder: StepRecorder, skipped: list):
+def iterate_loader(loader, phase: str, ctx, skipped: list):
     """Yield (inputs, targets, data_seconds) from a DataLoader, recording skipped images."""
-    recorder.phase = phase
+    ctx.recorder.phase = phase
     iterator = iter(loader)
+    if loader.num_workers:
+        ctx.worker_deaths.watch()
     while True:
         started = time.perf_counter()
         try:
@@ -337,7 +425,7 @@ def evaluate(forward, batches, ctx) -> dict:
 def extract_features(backbone, loader, phase: str, ctx, skipped: list):
     """Run the frozen backbone once over ``loader``: (features on CPU, targets)."""
     features, targets = [], []
-    for inputs, batch_targets, data_seconds in iterate_loader(loader, phase, ctx.recorder, skipped):
+    for inputs, batch_targets, data_seconds in iterate_loader(loader, phase, ctx, skipped):
         started = time.perf_counter()
         ctx.probe.active = ctx.probe.wants_sample()
         with torch.autocast(ctx.device.type, dtype=ctx.amp_dtype, enabled=ctx.amp_dtype is not None):
@@ -368,7 +456,15 @@ class Context:
         self.profiler = StepProfiler(output_dir, args.profile_steps, self.device.type == "cuda")
         self.metrics = MetricsLog(output_dir / "metrics.jsonl")
         self.thresholds = RuleThresholds()
+        self.worker_deaths = WorkerDeaths()
         self.step = 0
+
+    def close(self):
+        """Stop the profiler, unhook the probe, close metrics.jsonl and stop raising worker deaths."""
+        self.worker_deaths.close()
+        self.profiler.stop()
+        self.probe.remove()
+        self.metrics.close()
 
 
 def per_class_and_confusion(result: dict, classes: list[str]) -> tuple[list[dict], dict]:
@@ -469,10 +565,10 @@ def image_source(args, ctx, model, plan, loader, skipped) -> BatchSource:
         return model(x)
 
     def train_batches(epoch):
-        return iterate_loader(loader("train", epoch, shuffle=True), f"train-{epoch}", ctx.recorder, skipped)
+        return iterate_loader(loader("train", epoch, shuffle=True), f"train-{epoch}", ctx, skipped)
 
     def eval_batches(split):
-        return iterate_loader(loader(split), f"eval-{split}", ctx.recorder, skipped)
+        return iterate_loader(loader(split), f"eval-{split}", ctx, skipped)
 
     return BatchSource(forward, train_batches, eval_batches)
 
@@ -481,7 +577,7 @@ def image_source(args, ctx, model, plan, loader, skipped) -> BatchSource:
 class TrainingState:
     """What a checkpoint carries besides weights and optimiser: enough to continue exactly."""
 
-    history: list = field(default_factory=list)
+    history: list[EpochResult] = field(default_factory=list)
     best: dict = field(default_factory=lambda: {"val_acc": -1.0, "epoch": 0, "state": None})
     stale_epochs: int = 0
     start_epoch: int = 1
@@ -512,7 +608,8 @@ def resume(checkpoint_file: Path, args, plan, model, optimizer, ctx) -> Training
         return state
     restore_state(model, ckpt["model"], ctx.mode)
     optimizer.load_state_dict(ckpt["optimizer"])
-    state.history, state.best, state.stale_epochs = ckpt["history"], ckpt["best"], ckpt["stale_epochs"]
+    state.history = [EpochResult(**row) for row in ckpt["history"]]
+    state.best, state.stale_epochs = ckpt["best"], ckpt["stale_epochs"]
     state.start_epoch, ctx.step = ckpt["epoch"] + 1, ckpt["step"]
     ctx.recorder.load_dict(json.loads(ckpt["record"]))
     ctx.probe.records = json.loads(ckpt["activations"])
@@ -536,19 +633,19 @@ def fit(args, ctx, model, optimizer, scaler, source: BatchSource, state: Trainin
                                                 args, ctx, epoch)
         model.eval()
         val = evaluate(source.forward, source.eval_batches("valid"), ctx)
-        row = {"epoch": epoch, "train_loss": train_loss, "train_acc": train_acc, "val_loss": val["loss"],
-               "val_acc": val["acc"], "seconds": round(time.perf_counter() - t0, 3)}
+        row = EpochResult(epoch, train_loss, train_acc, val["loss"], val["acc"], round(time.perf_counter() - t0, 3))
         state.history.append(row)
         print(f"epoch={epoch} train_loss={train_loss:.4f} train_acc={train_acc:.4f} "
               f"val_loss={val['loss']:.4f} val_acc={val['acc']:.4f}", flush=True)
-        ctx.metrics.write("epoch", **row)
+        ctx.metrics.write("epoch", **asdict(row))
         if val["acc"] > state.best["val_acc"]:
             state.best = {"val_acc": val["acc"], "epoch": epoch, "state": changing_state(model, ctx.mode)}
             state.stale_epochs = 0
         else:
             state.stale_epochs += 1
         atomic_save({"epoch": epoch, "step": ctx.step, "model": changing_state(model, ctx.mode),
-                     "optimizer": optimizer.state_dict(), "history": state.history, "best": state.best,
+                     "optimizer": optimizer.state_dict(), "history": [asdict(row) for row in state.history],
+                     "best": state.best,
                      "stale_epochs": state.stale_epochs, "resume_key": resume_key(args, plan),
                      "record": json.dumps(ctx.recorder.as_dict()),
                      "activations": json.dumps(ctx.probe.records)}, state.checkpoint_file)
@@ -557,27 +654,36 @@ def fit(args, ctx, model, optimizer, scaler, source: BatchSource, state: Trainin
 
 # ----------------------------------------------------------------------------------------------- main
 
-def run(args) -> dict:
-    """Train per ``args``; return the summary that went into report.html (raises on failure)."""
+class Outcome(NamedTuple):
+    """What a completed run learned: its epochs, the best one, and that model's test results."""
+
+    history: list[EpochResult]
+    best_epoch: int
+    test: TestResult
+    per_class: list[dict]
+    confusion: dict
+
+
+def run(args) -> TrainingSummary:
+    """Train per ``args``; return the summary that went into diagnostics.json and report.html.
+
+    Both files are written whatever happens; a failure is raised after that (a dead data loader as
+    TrainingAborted, whichever exception reported it)."""
     output_dir, model_dir = Path(args.output_data_dir), Path(args.model_dir)
     for d in (output_dir, model_dir, Path(args.checkpoint_dir)):
         d.mkdir(parents=True, exist_ok=True)
     started_at, started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), time.monotonic()
-    job_name = os.environ.get("TRAINING_JOB_NAME") or output_dir.resolve().parent.name  # set by SageMaker
-    summary = {"title": f"Training report: {job_name}",
-               "job": hyperparameters(args), "started_at": started_at, "status": "InProgress"}
     sampler = SystemSampler()
     sampler.start()
-    ctx = None
+    plan = ctx = model = outcome = failure = None
+    skipped: list[dict] = []
     try:
         torch.manual_seed(args.seed)
         plan = data_lib.plan_dataset(args.train, args.valid, args.test, seed=args.seed,
                                      valid_fraction=args.valid_fraction, test_fraction=args.test_fraction)
         for warning in plan.warnings:
             log.warning(warning)
-        skipped = list(plan.skipped)
-        summary["dataset"] = {"fingerprint": plan.fingerprint, "class_counts": plan.class_counts(),
-                              "skipped_images": skipped, "derived_splits": plan.derived_splits}
+        skipped += plan.skipped
         log.info("dataset %s: %d classes, %s images; %d skipped; derived splits: %s", plan.fingerprint,
                  len(plan.classes), {s: len(v) for s, v in plan.samples.items()}, len(skipped),
                  plan.derived_splits or "none")
@@ -590,9 +696,7 @@ def run(args) -> dict:
             model = create_model(args.arch, len(plan.classes), "none", args.finetune)
         ctx = Context(args, model, output_dir)
         model.to(ctx.device)
-        summary["device"] = str(ctx.device) + (f" ({torch.cuda.get_device_name()})" if ctx.device.type == "cuda" else "")
-        summary["job"]["mode"] = ctx.mode
-        log.info("training mode %s on %s (amp %s), %d data-loader workers", ctx.mode, summary["device"],
+        log.info("training mode %s on %s (amp %s), %d data-loader workers", ctx.mode, device_name(ctx.device),
                  ctx.amp_dtype, args.num_workers)
 
         params = [p for p in model.parameters() if p.requires_grad]
@@ -628,50 +732,81 @@ def run(args) -> dict:
         metrics = {"test_loss": test["loss"], "test_acc": test["acc"], "best_val_acc": best["val_acc"],
                    "best_epoch": best["epoch"], "epochs_run": len(history), "test_split": test_split}
         write_model_dir(model_dir, {k: v.cpu() for k, v in model.state_dict().items()}, args, plan, metrics)
-        summary.update({"status": "Completed", "epochs": history, "best_epoch": best["epoch"],
-                        "test": {"test_loss": test["loss"], "test_acc": test["acc"]},
-                        "per_class": per_class, "confusion": confusion})
-        return summary
+        outcome = Outcome(history, best["epoch"], TestResult(test["loss"], test["acc"]), per_class, confusion)
     except Exception as exc:
-        aborted = loader_failure(exc, ctx.recorder, ctx.recorder.phase) if ctx is not None else None
-        summary.update({"status": "Failed", "failure_reason": f"{type(aborted or exc).__name__}: {aborted or exc}"})
-        if aborted:
-            raise aborted from exc
-        raise
+        # PyTorch's report of a dead worker cannot interrupt this path (see WorkerDeaths)
+        stalled = loader_failure(exc, ctx.worker_deaths) if ctx is not None else None
+        if stalled is None:
+            failure = exc
+            raise
+        ctx.recorder.loader_failures.append({"phase": ctx.recorder.phase, "error": stalled})
+        failure = TrainingAborted(f"data loader failed during {ctx.recorder.phase}: {stalled}")
+        raise failure from exc
     finally:
-        summary["system"] = sampler.stop()
-        summary["seconds"] = round(time.monotonic() - started, 3)
+        system = sampler.stop()
         if ctx is not None:
-            ctx.profiler.stop()
-            ctx.probe.remove()
-            ctx.metrics.close()
-            summary.update(ctx.recorder.as_dict())
-            summary["activations"] = ctx.probe.records
-            summary["profiler"] = ctx.profiler.summary()
-            summary["gpu"] = ctx.device.type == "cuda"
-            summary["gpu_error"] = sampler.gpu_error
-            summary["trainable_groups"] = sorted({layer_group(n) for n, p in model.named_parameters()
-                                                  if p.requires_grad})
-            summary.setdefault("epochs", [])
+            ctx.close()
+        summary = summarize(args, started_at=started_at, seconds=round(time.monotonic() - started, 3),
+                            system=system, gpu_error=sampler.gpu_error, plan=plan, skipped=skipped, ctx=ctx,
+                            model=model, outcome=outcome, failure=failure)
         finish_diagnostics(summary, output_dir)
+    return summary
 
 
-def finish_diagnostics(summary: dict, output_dir: Path):
-    """Evaluate the rules and write diagnostics.json and report.html, whatever state the run is in."""
+def device_name(device: torch.device) -> str:
+    """``cpu``, or ``cuda (<the GPU's name>)``."""
+    return str(device) + (f" ({torch.cuda.get_device_name()})" if device.type == "cuda" else "")
+
+
+def summarize(args, *, started_at: str, seconds: float, system: dict, gpu_error: str | None, plan, skipped: list,
+              ctx: Context | None, model, outcome: Outcome | None, failure: BaseException | None
+              ) -> TrainingSummary:
+    """The run's summary from whatever it got to: a None ``plan``, ``ctx`` or ``outcome`` means the run
+    ended before making it, and what comes from it is not recorded. The rules judge the rest, last."""
+    job_name = os.environ.get("TRAINING_JOB_NAME") or Path(args.output_data_dir).resolve().parent.name  # SageMaker's
+    recorder = ctx.recorder if ctx else None
+    summary = TrainingSummary(
+        title=f"Training report: {job_name}",
+        job={**hyperparameters(args), **({"mode": ctx.mode} if ctx else {})},
+        started_at=started_at,
+        status="Completed" if outcome is not None else "Failed" if failure is not None else "InProgress",
+        failure_reason=f"{type(failure).__name__}: {failure}" if failure else None,
+        device=device_name(ctx.device) if ctx else None,
+        dataset={"fingerprint": plan.fingerprint, "class_counts": plan.class_counts(), "skipped_images": skipped,
+                 "derived_splits": plan.derived_splits} if plan else None,
+        # a failed run reports no epochs (its checkpoint has them)
+        epochs=outcome.history if outcome else [] if ctx else None,
+        best_epoch=outcome.best_epoch if outcome else None,
+        test=outcome.test if outcome else None,
+        per_class=outcome.per_class if outcome else None,
+        confusion=outcome.confusion if outcome else None,
+        system=system,
+        seconds=seconds,
+        steps=recorder.steps if recorder else None,
+        gradients=recorder.gradients if recorder else None,
+        weights=recorder.weights if recorder else None,
+        loader_batches=recorder.loader_batches if recorder else None,
+        loader_failures=recorder.loader_failures if recorder else None,
+        activations=ctx.probe.records if ctx else None,
+        profiler=ctx.profiler.summary() if ctx else None,
+        gpu=ctx.device.type == "cuda" if ctx else None,
+        gpu_error=gpu_error if ctx else None,
+        trainable_groups=sorted({layer_group(n) for n, p in model.named_parameters() if p.requires_grad})
+        if ctx else None)
+    summary.rules = evaluate_rules(summary.record(), ctx.thresholds if ctx else RuleThresholds())
+    return summary
+
+
+def finish_diagnostics(summary: TrainingSummary, output_dir: Path):
+    """Write diagnostics.json and report.html, and log the rules that found issues."""
     from training.report import write_report
 
-    summary["rules"] = evaluate_rules(summary, RuleThresholds())
-    issues = [r["name"] for r in summary["rules"] if r["status"] == ISSUES]
-    write_json({"status": summary.get("status"), "failure_reason": summary.get("failure_reason"),
-                "rules": summary["rules"], "issues_found": issues,
-                "record": {k: summary.get(k) for k in ("epochs", "steps", "gradients", "weights",
-                                                       "activations", "loader_batches", "loader_failures",
-                                                       "system", "dataset", "test", "best_epoch")}},
-               output_dir / "diagnostics.json")
+    write_json(summary.diagnostics(), output_dir / "diagnostics.json")
     write_report(summary, output_dir / "report.html")
-    for rule in summary["rules"]:
-        if rule["status"] == ISSUES:
-            log.warning("rule %s: %s -- %s", rule["name"], rule["message"], rule["advice"])
+    for rule in summary.rules:
+        if rule.status == ISSUES:
+            log.warning("rule %s: %s -- %s", rule.name, rule.message, rule.advice)
+    issues = summary.issues_found
     log.info("diagnostics: %d rule(s) found issues%s; report at %s", len(issues),
              f" ({', '.join(issues)})" if issues else "", output_dir / "report.html")
 
