@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import pytest
 from aws_support import BUCKET, FakeAws
-from conftest import ROOT
+from paths import ROOT
 
 from batch import keys, transform
 from batch.predictions import CSV_HEADER, predictions_csv

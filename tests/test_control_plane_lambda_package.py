@@ -9,11 +9,10 @@ import os
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 from aws_support import REGION
 
-ROOT = Path(__file__).resolve().parent.parent
+from paths import ROOT
 
 
 FORBIDDEN = {"torch", "torchvision", "PIL", "numpy", "sagemaker", "moto", "pandas", "smdebug", "requests"}

@@ -21,7 +21,7 @@ import pytest
 from dogbreeds import fetch
 from dogbreeds.fetch import FetchError, dataset_counts, fetch_dataset
 
-ROOT = Path(__file__).resolve().parent.parent
+from paths import ROOT
 
 # Images per class in each split of the test zip.
 LAYOUT = {
