@@ -20,6 +20,7 @@ import pytest
 
 from dogbreeds import fetch
 from dogbreeds.fetch import FetchError, dataset_counts, fetch_dataset
+from model_code.inference import display_label
 
 from paths import ROOT
 
@@ -39,7 +40,7 @@ def image_files(seed: int = 0, top: str = "dogImages/") -> dict[str, bytes]:
     for split, classes in LAYOUT.items():
         for cls, n in classes.items():
             for i in range(n):
-                breed = cls.split(".", 1)[1]
+                breed = display_label(cls)
                 files[f"{top}{split}/{cls}/{breed}_{i:05d}.jpg"] = b"\xff\xd8\xff\xe0" + rng.randbytes(1500)
     return files
 
