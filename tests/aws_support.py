@@ -1,6 +1,12 @@
 """moto-backed AWS for the control-plane tests: a bucket, recorded requests, and the moto patches
 DESIGN.md lists (canned tuning/training results, UpdateEndpoint, binary invoke_endpoint bodies).
 
+The endpoint follows SageMaker's lifecycle, not moto's instant one: CreateEndpoint leaves it
+``Creating`` and UpdateEndpoint ``Updating`` (still serving its old endpoint config) until the test
+advances it with ``FakeAws.finish_endpoint``; UpdateEndpoint is refused (ValidationException) unless
+the endpoint is ``InService``, a second CreateEndpoint of a name in use is refused, and on a ``Failed``
+endpoint only DeleteEndpoint (and DescribeEndpoint) are allowed.
+
 ``FakeAws`` starts ``moto.mock_aws``, creates the bucket, wires a ``ControlPlane`` into the Chalice
 app and records every SageMaker and SageMaker Runtime request exactly as the control plane sent it
 (botocore's ``provide-client-params`` hook, before serialisation).
@@ -24,7 +30,8 @@ import boto3  # noqa: E402
 import botocore.session  # noqa: E402
 from moto import mock_aws  # noqa: E402
 from moto.core import DEFAULT_ACCOUNT_ID  # noqa: E402
-from moto.sagemaker.models import sagemaker_backends  # noqa: E402
+from moto.sagemaker.exceptions import ValidationError  # noqa: E402
+from moto.sagemaker.models import SageMakerModelBackend, sagemaker_backends  # noqa: E402
 from moto.sagemaker.responses import SageMakerResponse  # noqa: E402
 from moto.sagemakerruntime.responses import SageMakerRuntimeResponse  # noqa: E402
 
@@ -43,6 +50,12 @@ DATASET = "dogs"
 BEST = {"lr": "0.0042", "weight-decay": "0.012", "eps": "3e-08", "batch-size": "64", "arch": '"resnet34"'}
 T0 = 1_795_000_000_000     # LastModifiedTime (epoch ms) of the endpoint's first change
 _sequence = itertools.count(1)
+_changes = itertools.count(1)
+
+
+def _next_change() -> float:
+    """A LastModifiedTime later than every one before it (and than T0 plus a few hours)."""
+    return T0 + 10_000_000 + next(_changes) * 1000
 
 
 def jpeg_bytes(size=(32, 24), color=(200, 40, 40)) -> bytes:
@@ -113,6 +126,8 @@ class _Patches:
 
     def __init__(self, invocations: List[dict], replies: List[Tuple[int, dict]]):
         self._saved = []
+        self.pending_configs: Dict[str, str] = {}     # endpoint -> the config an UpdateEndpoint is moving it to
+        self.deletes_take_time = False                # True: DeleteEndpoint leaves it Deleting until finished
         self.invocations, self.replies = invocations, replies
 
         def invoke_endpoint(response_self):
@@ -132,17 +147,46 @@ class _Patches:
                 return 200, {"Content-Type": "application/json"}, reply
             return 200, {"Content-Type": "application/json"}, json.dumps(reply)
 
+        original_create = SageMakerModelBackend.create_endpoint
+        original_delete = SageMakerModelBackend.delete_endpoint
+
+        def create_endpoint(backend, endpoint_name, endpoint_config_name, tags):
+            if endpoint_name in backend.endpoints:        # moto would silently replace it
+                raise ValidationError(f'Cannot create already existing endpoint "{backend.endpoints[endpoint_name].arn}".')
+            endpoint = original_create(backend, endpoint_name=endpoint_name, endpoint_config_name=endpoint_config_name,
+                                       tags=tags)
+            endpoint.endpoint_status = "Creating"
+            return endpoint
+
+        def delete_endpoint(backend, endpoint_name):
+            endpoint = backend.endpoints.get(endpoint_name)
+            if endpoint is not None and self.deletes_take_time:
+                endpoint.endpoint_status = "Deleting"
+                return
+            original_delete(backend, endpoint_name=endpoint_name)
+            self.pending_configs.pop(endpoint_name, None)
+
         def update_endpoint(response_self):
-            # moto 5.2.5 lacks UpdateEndpoint: switch the endpoint's config, as SageMaker eventually does.
+            # moto 5.2.5 lacks UpdateEndpoint. SageMaker's: only an InService endpoint may be updated; it
+            # is Updating (serving the old config) until it is InService with the new one.
             params = json.loads(response_self.body)
             backend = sagemaker_backends[DEFAULT_ACCOUNT_ID][REGION]
+            backend.describe_endpoint(params["EndpointName"])                 # Could not find endpoint ...
+            backend.describe_endpoint_config(params["EndpointConfigName"])    # Could not find endpoint configuration ...
             endpoint = backend.endpoints[params["EndpointName"]]
-            endpoint.endpoint_config_name = params["EndpointConfigName"]
+            if endpoint.endpoint_status == "Failed":
+                raise ValidationError(f'Cannot update failed endpoint "{endpoint.arn}": delete it first.')
+            if endpoint.endpoint_status != "InService":
+                raise ValidationError(f'Cannot update in-progress endpoint "{endpoint.arn}".')
+            endpoint.endpoint_status = "Updating"
+            self.pending_configs[params["EndpointName"]] = params["EndpointConfigName"]
             return json.dumps({"EndpointArn": endpoint.arn})
 
         self._patch(SageMakerRuntimeResponse, "use_raw_body", True)   # else moto decodes image bytes as UTF-8
         self._patch(SageMakerRuntimeResponse, "invoke_endpoint", invoke_endpoint)
         self._patch(SageMakerResponse, "update_endpoint", update_endpoint)
+        self._patch(SageMakerModelBackend, "create_endpoint", create_endpoint)
+        self._patch(SageMakerModelBackend, "delete_endpoint", delete_endpoint)
 
     def _patch(self, cls, name, function):
         self._saved.append((cls, name, cls.__dict__.get(name)))
@@ -244,6 +288,38 @@ class FakeAws:
     @property
     def backend(self):
         return sagemaker_backends[DEFAULT_ACCOUNT_ID][REGION]
+
+    def finish_endpoint(self, name: str, status: str, reason: Optional[str] = None,
+                        modified: Optional[float] = None) -> dict:
+        """Advance the endpoint as SageMaker would, minutes after a create, update or delete:
+        ``"InService"`` (serving the config an update asked for), ``"Failed"`` with ``reason``, or
+        ``"Deleted"`` (gone). Returns the EventBridge state change SageMaker sends for it."""
+        endpoint = self.backend.endpoints[name]
+        assert endpoint.endpoint_status in ("Creating", "Updating", "Deleting"), \
+            f"endpoint {name} is {endpoint.endpoint_status}: nothing is in progress"
+        if status == "Deleted":
+            del self.backend.endpoints[name]
+            self._patches.pending_configs.pop(name, None)
+            return state_change("endpoint", name, "DELETING", LastModifiedTime=modified or _next_change())
+        pending = self._patches.pending_configs.pop(name, None)
+        if status == "InService":
+            endpoint.endpoint_config_name = pending or endpoint.endpoint_config_name
+            endpoint.failure_reason = None
+        else:
+            assert status == "Failed" and reason, "an endpoint fails with a reason"
+            endpoint.failure_reason = reason
+        endpoint.endpoint_status = status
+        detail = {"FailureReason": reason} if reason else {}
+        return state_change("endpoint", name, "IN_SERVICE" if status == "InService" else "FAILED",
+                            LastModifiedTime=modified or _next_change(), **detail)
+
+    @property
+    def deletes_take_time(self) -> bool:
+        return self._patches.deletes_take_time
+
+    @deletes_take_time.setter
+    def deletes_take_time(self, value: bool) -> None:
+        self._patches.deletes_take_time = value
 
     def set_best_trial(self, tuning_job: str, hyperparameters: Dict[str, str]) -> None:
         """moto reports a fake BestTrainingJob; give it the hyperparameters a real one would have."""

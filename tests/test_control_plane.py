@@ -92,7 +92,7 @@ def test_the_whole_chain_from_a_published_dataset_to_batch_predictions(aws, clie
     image = jpeg_bytes()
     waiting = post_image(client, image)
     assert waiting.status_code == 503 and "not InService" in waiting.json_body["Message"]
-    deliver(client, state_change("endpoint", "dogbreeds", "IN_SERVICE", LastModifiedTime=1700000000000))
+    deliver(client, aws.finish_endpoint("dogbreeds", "InService", modified=1700000000000))
     reply = endpoint_reply(("Akita", "Affenpinscher"), (0.75, 0.25))
     aws.endpoint_replies.append((200, reply))
     answer = post_image(client, image, query="?top_k=2")

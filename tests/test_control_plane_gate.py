@@ -41,7 +41,7 @@ def train(aws, client, test_acc: Optional[float], dataset=DATASET, note=b"publis
 
 def test_a_model_chosen_while_the_endpoint_is_updating_is_deployed_when_it_is_in_service_again(aws, client):
     first, _ = train(aws, client, 0.85)
-    deliver(client, state_change("endpoint", ENDPOINT, "IN_SERVICE", LastModifiedTime=T0))
+    deliver(client, aws.finish_endpoint(ENDPOINT, "InService", modified=T0))
     # the endpoint starts changing (SageMaker patching it, or an update from elsewhere) ...
     aws.backend.endpoints[ENDPOINT].endpoint_status = "Updating"
     assert deliver(client, state_change("endpoint", ENDPOINT, "UPDATING", LastModifiedTime=T0 + 1))["actions"] == []
@@ -52,13 +52,12 @@ def test_a_model_chosen_while_the_endpoint_is_updating_is_deployed_when_it_is_in
     status = client.http.get("/status").json_body
     assert status["deployed"]["marker"] == second and status["endpoint"]["status"] == "Updating"
     # InService again: the deferred update is made, to the deployed model's endpoint config
-    aws.backend.endpoints[ENDPOINT].endpoint_status = "InService"
-    result = deliver(client, state_change("endpoint", ENDPOINT, "IN_SERVICE", LastModifiedTime=T0 + 2))
+    result = deliver(client, aws.finish_endpoint(ENDPOINT, "InService", modified=T0 + 2))
     assert result["actions"] == ["EnsureServing"]
     assert aws.created("UpdateEndpoint") == [{"EndpointName": ENDPOINT,
                                               "EndpointConfigName": names.endpoint_config_name(DATASET, second)}]
     # later InService events find it serving the deployed model: nothing more is sent
-    deliver(client, state_change("endpoint", ENDPOINT, "IN_SERVICE", LastModifiedTime=T0 + 3))
+    deliver(client, aws.finish_endpoint(ENDPOINT, "InService", modified=T0 + 3))
     assert len(aws.created("UpdateEndpoint")) == 1 and len(aws.created("CreateEndpoint")) == 1
     assert names.endpoint_config_name(DATASET, first) != names.endpoint_config_name(DATASET, second)
 
@@ -95,7 +94,7 @@ def test_the_gate_refuses_a_first_model_below_the_floor(floor, test_acc, deploy,
 def test_the_gate_keeps_the_better_model_and_deploys_a_better_one_by_update(aws, client):
     first, result = train(aws, client, 0.85)
     assert result["actions"] == ["Deploy"]
-    deliver(client, state_change("endpoint", ENDPOINT, "IN_SERVICE", LastModifiedTime=T0))
+    deliver(client, aws.finish_endpoint(ENDPOINT, "InService", modified=T0))
     config_1 = names.endpoint_config_name(DATASET, first)
     assert aws.created("CreateEndpoint") == [{"EndpointName": ENDPOINT, "EndpointConfigName": config_1,
                                               "Tags": [{"Key": "dogbreeds:stage", "Value": "endpoint"}]}]
@@ -121,6 +120,8 @@ def test_the_gate_keeps_the_better_model_and_deploys_a_better_one_by_update(aws,
     assert len(aws.created("CreateEndpoint")) == 1
     assert [r["ModelName"] for r in aws.created("CreateModel")] == [names.model_name(DATASET, first),
                                                                    names.model_name(DATASET, third)]
+    assert aws.backend.endpoints[ENDPOINT].endpoint_status == "Updating"
+    deliver(client, aws.finish_endpoint(ENDPOINT, "InService", modified=T0 + 1))
     assert aws.backend.endpoints[ENDPOINT].endpoint_config_name == config_3
     status = client.http.get("/status").json_body
     assert status["deployed"]["marker"] == third and status["deployed"]["test_acc"] == 0.9

@@ -137,6 +137,9 @@ class Chain:
 
     def deliver(self, name: str) -> dict:
         assert self.can_happen(name), f"{name} cannot be delivered before {REQUIRES[name]} was requested"
+        endpoint = self.aws.backend.endpoints.get(ENDPOINT)
+        if name == "endpoint InService" and endpoint is not None and endpoint.endpoint_status == "Creating":
+            self.aws.finish_endpoint(ENDPOINT, "InService")        # SageMaker sends the event once it is so
         event = copy.deepcopy(self.events[name])
         event["id"] = f"{event['id']}-{len(self.results)}"     # each delivery its own envelope id
         result = deliver(self.client, event)
