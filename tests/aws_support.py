@@ -37,6 +37,7 @@ from moto.sagemakerruntime.responses import SageMakerRuntimeResponse  # noqa: E4
 
 from chalice_app import app as chalice_app  # noqa: E402
 from chalicelib.config import BucketLayout, HostingConfig, PipelineConfig  # noqa: E402
+from chalicelib import names  # noqa: E402
 from chalicelib.control import ControlPlane  # noqa: E402
 
 REGION = "us-east-1"
@@ -112,6 +113,22 @@ def deliver(client, event, handler=None):
     """Invoke the handler EventBridge would invoke for ``event``; return its result."""
     handler = handler or ("on_bucket_event" if event["source"] == "aws.s3" else "on_sagemaker_event")
     return client.lambda_.invoke(handler, event).payload
+
+
+def train(aws, client, test_acc: Optional[float], dataset=DATASET, note=b"published", upload=True):
+    """Publish ``dataset`` (``note`` is the marker's content: new content, new run) and deliver its
+    events up to the training job's Completed; return (marker, that handler's result)."""
+    if upload:
+        aws.upload_dataset(dataset)
+    publish = aws.publish(dataset, note)
+    marker = publish["detail"]["object"]["etag"]
+    tuning, training = names.tuning_job_name(dataset, marker), names.training_job_name(dataset, marker)
+    assert deliver(client, publish)["actions"] == ["StartTuning"]
+    aws.set_best_trial(tuning, BEST)
+    assert deliver(client, state_change("tuning", tuning, "Completed"))["actions"] == ["StartTraining"]
+    metrics = {"test:loss": 0.4} if test_acc is None else {"test:accuracy": test_acc, "test:loss": 0.4}
+    aws.set_final_metrics(training, metrics)
+    return marker, deliver(client, state_change("training", training, "Completed"))
 
 
 def post_image(client, body, content_type="image/jpeg", query=""):

@@ -5,11 +5,9 @@ is updating."""
 from __future__ import annotations
 
 from collections import Counter
-from typing import Optional
-
 import pytest
-from aws_support import (BEST, DATASET, ENDPOINT, T0, FakeAws, deliver, endpoint_reply, jpeg_bytes, post_image,
-                         state_change)
+from aws_support import (DATASET, ENDPOINT, T0, FakeAws, deliver, endpoint_reply, jpeg_bytes, post_image,
+                         state_change, train)
 from chalice.test import Client
 
 from chalice_app import app as chalice_app
@@ -21,22 +19,6 @@ IMAGE = jpeg_bytes()
 
 def operations(aws) -> Counter:
     return Counter(operation for operation, _ in aws.requests)
-
-
-def train(aws, client, test_acc: Optional[float], dataset=DATASET, note=b"published", upload=True):
-    """Publish ``dataset`` (``note`` is the marker's content: new content, new run) and deliver its
-    events up to the training job's Completed; return (marker, that handler's result)."""
-    if upload:
-        aws.upload_dataset(dataset)
-    publish = aws.publish(dataset, note)
-    marker = publish["detail"]["object"]["etag"]
-    tuning, training = names.tuning_job_name(dataset, marker), names.training_job_name(dataset, marker)
-    assert deliver(client, publish)["actions"] == ["StartTuning"]
-    aws.set_best_trial(tuning, BEST)
-    assert deliver(client, state_change("tuning", tuning, "Completed"))["actions"] == ["StartTraining"]
-    metrics = {"test:loss": 0.4} if test_acc is None else {"test:accuracy": test_acc, "test:loss": 0.4}
-    aws.set_final_metrics(training, metrics)
-    return marker, deliver(client, state_change("training", training, "Completed"))
 
 
 def test_a_model_chosen_while_the_endpoint_is_updating_is_deployed_when_it_is_in_service_again(aws, client):

@@ -501,3 +501,26 @@ def test_endpoint_status_follows_the_latest_change_and_comes_back_to_in_service(
 def test_the_layout_check_counts_exactly_the_images_the_trainer_reads():
     from training.data import IMAGE_EXTENSIONS as trainer_extensions
     assert set(pipeline.IMAGE_EXTENSIONS) == trainer_extensions
+
+
+def test_the_endpoint_step_toward_serving_the_deployed_model():
+    model = state.DeployedModel("model-x", "dogs", ETAG, 0.9, "train-x")
+    wanted = names.endpoint_config_name("dogs", ETAG)
+    seen = state.EndpointSeen
+    spent = state.DeployedModel("model-x", "dogs", ETAG, 0.9, "train-x",
+                                endpoint_attempts=state.ENDPOINT_ATTEMPTS_PER_MODEL)
+    given_up = state.DeployedModel("model-x", "dogs", ETAG, 0.9, "train-x", deployment=state.FAILED_TO_DEPLOY)
+    cases = [(None, seen("InService", "config-old"), state.NOTHING),
+             (model, None, state.CREATE),
+             (model, seen("InService", "config-old"), state.UPDATE),
+             (model, seen("InService", wanted), state.NOTHING),
+             (model, seen("Failed", wanted, "no capacity"), state.DELETE),
+             (model, seen("Creating", wanted), state.WAIT),
+             (model, seen("Updating", wanted), state.WAIT),
+             (model, seen("Deleting"), state.WAIT),
+             (spent, None, state.GIVE_UP),
+             (spent, seen("InService", "config-old"), state.GIVE_UP),
+             (spent, seen("InService", wanted), state.NOTHING),
+             (spent, seen("Failed", wanted, "no capacity"), state.DELETE),
+             (given_up, None, state.NOTHING)]
+    assert [state.endpoint_step(deployed, s) for deployed, s, _ in cases] == [step for _, _, step in cases]

@@ -36,18 +36,19 @@ from . import names, predict, sagemaker_requests as requests
 from .config import PipelineConfig
 from .events import BatchRequested, DatasetPublished, EventError, Ignored, JobStateChanged, parse_event
 from .pipeline import check_dataset_layout, final_metrics
-from .state import (TERMINAL, Deploy, EnsureServing, PipelineState, Record, StartTraining, StartTransform,
-                    StartTuning, WritePredictions,
-                    on_batch_requested, on_dataset_published, on_endpoint_changed, on_training_changed,
-                    on_transform_changed, on_tuning_changed)
+from .state import (CREATE, DELETE, TERMINAL, UPDATE, Deploy, EndpointSeen, EnsureServing, PipelineState, Record,
+                    StartTraining, StartTransform, StartTuning, WritePredictions, endpoint_deleted, endpoint_step,
+                    endpoint_step_taken, on_batch_requested, on_dataset_published, on_endpoint_changed,
+                    on_training_changed, on_transform_changed, on_tuning_changed)
 
 log = logging.getLogger("dogbreeds.control")
 
 SOURCE_POINTER = "current.json"       # under the code prefix: {"uri": "s3://.../sourcedir-<digest>.tar.gz", ...}
 SAVE_ATTEMPTS = 5
 SERVING_STATUSES = ("InService", "Updating", "SystemUpdating")   # an updating endpoint still serves its old model
-# SageMaker refuses UpdateEndpoint in these: the update waits for the endpoint's InService event (EnsureServing).
-CHANGING_STATUSES = ("Creating", "Updating", "SystemUpdating", "RollingBack")
+# A failed endpoint's deletion is watched this long (checks x seconds) before its recreation is left to
+# the next endpoint event; deleting an endpoint without instances takes seconds.
+DELETION_CHECKS, DELETION_CHECK_INTERVAL_S = 6, 5.0
 RERUNNABLE_BATCH = ("Failed", "Stopped", "NoModel")
 
 
@@ -145,6 +146,7 @@ class ControlPlane:
         self.s3, self.sagemaker, self.runtime = s3, sagemaker, runtime
         self.metric = metric or (lambda name, value, dimensions: None)
         self.store = StateStore(s3, config.bucket, config.layout.state_key)
+        self.sleep = time.sleep
 
     # --- events ---------------------------------------------------------------------------------
 
@@ -173,7 +175,7 @@ class ControlPlane:
             if new is state:
                 return []
             for action in actions:
-                self._perform(action, new)
+                new = self._perform(action, new)
             try:
                 self.store.save(new, etag)
             except StateConflict:
@@ -262,7 +264,8 @@ class ControlPlane:
             return
         self.metric("JobsStarted", 1, {"kind": kind})
 
-    def _perform(self, action, state: PipelineState) -> None:
+    def _perform(self, action, state: PipelineState) -> PipelineState:
+        """Do ``action``; return ``state`` with what SageMaker's answers changed (the endpoint's steps)."""
         config = self.config
         if isinstance(action, (StartTuning, StartTraining)):
             run = next(r for r in state.runs.values() if r.dataset == action.dataset and r.marker == action.marker)
@@ -278,10 +281,9 @@ class ControlPlane:
                 self._create("create_training_job", request, "training")
         elif isinstance(action, Deploy):
             self._deploy(action)
+            return self._ensure_serving(state)
         elif isinstance(action, EnsureServing):
-            endpoint = names.endpoint_name(config.hosting.endpoint_name)
-            self._update_endpoint(self.sagemaker.describe_endpoint(EndpointName=endpoint), action.dataset,
-                                  action.marker)
+            return self._ensure_serving(state)
         elif isinstance(action, StartTransform):
             request = requests.create_transform_job(config, action.batch_id, action.marker, action.model_name)
             self._create("create_transform_job", request, "transform")
@@ -289,37 +291,87 @@ class ControlPlane:
             self._write_predictions(action)
         elif isinstance(action, Record):
             log.warning(action.message)
+        return state
 
     def _deploy(self, action: Deploy) -> None:
+        """The model and its endpoint config; the endpoint itself is ``_ensure_serving``'s."""
         config = self.config
         job = self.sagemaker.describe_training_job(TrainingJobName=action.training_job)
         artifact = job["ModelArtifacts"]["S3ModelArtifacts"]
         self._create("create_model", requests.create_model(config, action.dataset, action.marker, artifact), "model")
         self._create("create_endpoint_config",
                      requests.create_endpoint_config(config, action.dataset, action.marker), "endpoint-config")
-        endpoint = names.endpoint_name(config.hosting.endpoint_name)
-        try:
-            current = self.sagemaker.describe_endpoint(EndpointName=endpoint)
-        except Exception as exc:
-            if not not_found(exc):
-                raise
-            self._create("create_endpoint", requests.create_endpoint(config, action.dataset, action.marker),
-                         "endpoint")
-            return
-        self._update_endpoint(current, action.dataset, action.marker)
 
-    def _update_endpoint(self, current: dict, dataset: str, marker: str) -> None:
-        """Point the endpoint (``current``: its description) at ``dataset``/``marker``'s endpoint config,
-        unless it already is, or is changing now (then its InService event brings EnsureServing)."""
-        wanted = names.endpoint_config_name(dataset, marker)
-        if current.get("EndpointConfigName") == wanted:
-            return
-        if current.get("EndpointStatus") in CHANGING_STATUSES:
-            log.info("endpoint %s is %s: the update to %s waits for it to be InService",
-                     current.get("EndpointName"), current.get("EndpointStatus"), wanted)
-            return
-        self.sagemaker.update_endpoint(**requests.update_endpoint(self.config, dataset, marker))
-        self.metric("JobsStarted", 1, {"kind": "endpoint-update"})
+    def _ensure_serving(self, state: PipelineState) -> PipelineState:
+        """Bring the endpoint one step closer to serving the deployed model (``state.endpoint_step``
+        decides): create it, update it, or delete it when Failed and then create it again. A create or
+        update SageMaker refuses because the endpoint is changing is a deferral, recorded in the state:
+        the endpoint's next InService event brings EnsureServing again."""
+        name = names.endpoint_name(self.config.hosting.endpoint_name)
+        seen = self._describe_endpoint(name)
+        step = endpoint_step(state.deployed, seen)
+        if step == DELETE:
+            self._delete_endpoint(name)
+            state = endpoint_deleted(state, name, seen)
+            seen = self._wait_until_deleted(name)
+            step = endpoint_step(state.deployed, seen)
+        refused = None
+        if step in (CREATE, UPDATE):
+            deployed = state.deployed
+            try:
+                if step == CREATE:
+                    self.sagemaker.create_endpoint(**requests.create_endpoint(self.config, deployed.dataset,
+                                                                              deployed.marker))
+                else:
+                    self.sagemaker.update_endpoint(**requests.update_endpoint(self.config, deployed.dataset,
+                                                                              deployed.marker))
+            except Exception as exc:
+                if not self._endpoint_busy(exc, name, step):
+                    raise
+                refused = f"{error_code(exc)}: {error_message(exc)}"
+            else:
+                self.metric("JobsStarted", 1, {"kind": "endpoint" if step == CREATE else "endpoint-update"})
+        state, records = endpoint_step_taken(state, name, step, seen, refused)
+        for record in records:
+            log.warning(record.message)
+        return state
+
+    def _describe_endpoint(self, name: str) -> Optional[EndpointSeen]:
+        try:
+            description = self.sagemaker.describe_endpoint(EndpointName=name)
+        except Exception as exc:
+            if not_found(exc):
+                return None
+            raise
+        return EndpointSeen(description.get("EndpointStatus", ""), description.get("EndpointConfigName"),
+                            description.get("FailureReason"))
+
+    def _delete_endpoint(self, name: str) -> None:
+        try:
+            self.sagemaker.delete_endpoint(EndpointName=name)
+        except Exception as exc:
+            if not not_found(exc):        # another delivery deleted it already
+                raise
+        log.info("endpoint %s was Failed: deleted, to create it again", name)
+
+    def _wait_until_deleted(self, name: str) -> Optional[EndpointSeen]:
+        """The endpoint after a bounded wait for its deletion: None once it is gone."""
+        seen = self._describe_endpoint(name)
+        for _ in range(DELETION_CHECKS - 1):
+            if seen is None or seen.status != "Deleting":
+                break
+            self.sleep(DELETION_CHECK_INTERVAL_S)
+            seen = self._describe_endpoint(name)
+        return seen
+
+    def _endpoint_busy(self, exc: Exception, name: str, step: str) -> bool:
+        """Was ``step`` refused because the endpoint is changing (or, for a create, exists already)?
+        Told by the endpoint as it is now, not by the error's wording: a refusal of anything else
+        (a missing endpoint config, a bad request) is an error."""
+        if error_code(exc) not in ("ValidationException", "ResourceInUse"):
+            return False
+        now = self._describe_endpoint(name)
+        return now is not None if step == CREATE else (now is not None and now.status != "InService")
 
     def _write_predictions(self, action: WritePredictions) -> None:
         batches = self.config.layout.batches

@@ -45,6 +45,12 @@ REQUESTED = "Requested"      # our own status: we asked SageMaker, no event has 
 INVALID = "Invalid"          # our own status: the dataset's layout was refused, nothing started
 NO_MODEL = "NoModel"         # our own status: a batch arrived before any model was deployed
 
+# A deployed model's way onto the endpoint (``DeployedModel.deployment``).
+DEPLOYING = "Deploying"              # asked for, or waiting for the endpoint to accept the change
+SERVING = "Serving"                  # the endpoint is InService with this model's endpoint config
+FAILED_TO_DEPLOY = "FailedToDeploy"  # the endpoint failed with it ENDPOINT_ATTEMPTS_PER_MODEL times: given up
+ENDPOINT_ATTEMPTS_PER_MODEL = 2      # CreateEndpoint/UpdateEndpoint calls SageMaker accepted, per model
+
 
 # --- actions: what the handler must do -----------------------------------------------------------
 
@@ -128,11 +134,18 @@ class Run:
 
 @dataclass
 class DeployedModel:
+    """The model the gate chose last, and how far it got onto the endpoint: ``deployment`` (DEPLOYING,
+    SERVING, FAILED_TO_DEPLOY), the endpoint changes SageMaker accepted for it, every endpoint failure
+    met on the way, and ``waiting`` (why the change waits, for /status)."""
     model_name: str
     dataset: str
     marker: str
     test_acc: float
     training_job: str
+    deployment: str = DEPLOYING
+    endpoint_attempts: int = 0
+    endpoint_failures: List[str] = field(default_factory=list)
+    waiting: Optional[str] = None
 
 
 @dataclass
@@ -286,7 +299,9 @@ def on_training_changed(state: PipelineState, event: JobStateChanged, metrics: O
                             f"{run.training_status.lower()}"
                             + (f": {event.failure_reason}" if event.failure_reason else ""))]
     run.metrics = dict(metrics or {})
-    deployed = {"dataset": new.deployed.dataset, "test_acc": new.deployed.test_acc} if new.deployed else None
+    deployed = None
+    if new.deployed is not None and new.deployed.deployment != FAILED_TO_DEPLOY:   # a model never served is no bar
+        deployed = {"dataset": new.deployed.dataset, "test_acc": new.deployed.test_acc}
     decision = gate_decision({"dataset": run.dataset, "test_acc": run.metrics.get(TEST_ACCURACY)}, deployed, floor)
     run.gate = decision.to_dict()
     if not decision.deploy:
@@ -300,8 +315,9 @@ def on_training_changed(state: PipelineState, event: JobStateChanged, metrics: O
 def on_endpoint_changed(state: PipelineState, event: JobStateChanged) -> Result:
     """The endpoint's status (``InService`` means /predict can be served). Endpoints move back and
     forth (InService -> Updating -> InService), so no status is final: the change with the latest
-    ``LastModifiedTime`` wins, and an event without one counts as the latest. Becoming InService
-    with a model deployed -> EnsureServing (a deferred update is made now; otherwise nothing)."""
+    ``LastModifiedTime`` wins, and an event without one counts as the latest. Becoming InService,
+    Failed or Deleting with a model deployed -> EnsureServing (a deferred update is made now, a failed
+    endpoint is deleted and created again; otherwise nothing)."""
     if _seen(state, event.identity):
         return state, []
     new = copy.deepcopy(state)
@@ -311,7 +327,7 @@ def on_endpoint_changed(state: PipelineState, event: JobStateChanged) -> Result:
             and event.changed_at is not None and event.changed_at < current.changed_at):
         return new, []                        # an older change delivered late
     new.endpoint = Endpoint(event.name, event.status, event.failure_reason, event.changed_at)
-    if event.status == "InService" and new.deployed is not None:
+    if event.status in RECONCILED_ON and new.deployed is not None:
         return new, [EnsureServing(new.deployed.dataset, new.deployed.marker)]
     return new, []
 
@@ -358,3 +374,84 @@ def on_transform_changed(state: PipelineState, event: JobStateChanged) -> Result
     return new, [Record(f"batch {batch.batch_id!r} ({batch.transform_job}) {batch.status.lower()}"
                         + (f": {event.failure_reason}" if event.failure_reason else "")),
                  WritePredictions(batch.batch_id, batch.transform_job, batch.output_key, failure_reason=reason)]
+
+
+# --- the endpoint: what to ask SageMaker for next, and what its answer changes ------------------------
+
+RECONCILED_ON = ("InService", "Failed", "Deleting")   # endpoint statuses whose event brings EnsureServing
+CREATE, UPDATE, DELETE, WAIT, NOTHING, GIVE_UP = "create", "update", "delete", "wait", "nothing", "give up"
+
+
+@dataclass(frozen=True)
+class EndpointSeen:
+    """What DescribeEndpoint said (``None`` stands for "no such endpoint")."""
+    status: str
+    config_name: Optional[str] = None
+    failure_reason: Optional[str] = None
+
+
+def endpoint_step(deployed: Optional[DeployedModel], seen: Optional[EndpointSeen]) -> str:
+    """The one call that brings the endpoint (``seen``) closer to serving ``deployed``: CREATE (no
+    endpoint), UPDATE (InService with another config), DELETE (Failed: the only call SageMaker allows
+    on it), WAIT (creating, updating, deleting: its next event brings EnsureServing), NOTHING (serving
+    it already, or nothing to serve), GIVE_UP (no endpoint, and the model's attempts are spent)."""
+    if deployed is None or deployed.deployment == FAILED_TO_DEPLOY:
+        return NOTHING
+    wanted = names.endpoint_config_name(deployed.dataset, deployed.marker)
+    if seen is not None and seen.status == "InService" and seen.config_name == wanted:
+        return NOTHING
+    if seen is not None and seen.status == "Failed":
+        return DELETE
+    if deployed.endpoint_attempts >= ENDPOINT_ATTEMPTS_PER_MODEL and (seen is None or seen.status == "InService"):
+        return GIVE_UP
+    if seen is None:
+        return CREATE
+    return UPDATE if seen.status == "InService" else WAIT
+
+
+def endpoint_deleted(state: PipelineState, name: str, seen: EndpointSeen) -> PipelineState:
+    """DeleteEndpoint was sent for the Failed endpoint ``seen``: its failure is recorded on the
+    deployed model, and the endpoint is Deleting."""
+    new = copy.deepcopy(state)
+    reason = seen.failure_reason or (new.endpoint.failure_reason if new.endpoint else None) or "no reason given"
+    new.deployed.endpoint_failures.append(f"endpoint {name} failed: {reason}")
+    new.deployed.waiting = f"endpoint {name} failed ({reason}): deleting it, to create it again"
+    new.endpoint = _endpoint_now(new.endpoint, name, "Deleting", reason)
+    return new
+
+
+def endpoint_step_taken(state: PipelineState, name: str, step: str, seen: Optional[EndpointSeen],
+                        refused: Optional[str] = None) -> Result:
+    """Record ``step`` (from ``endpoint_step``) as done, or as ``refused`` by SageMaker because the
+    endpoint is changing: a deferral, made on its next InService event. Returns (state, actions): a
+    Record when the model is given up or an endpoint change is deferred."""
+    new = copy.deepcopy(state)
+    deployed = new.deployed
+    if deployed is None or deployed.deployment == FAILED_TO_DEPLOY:
+        return new, []
+    wanted = names.endpoint_config_name(deployed.dataset, deployed.marker)
+    if refused is not None:
+        deployed.waiting = f"{step} of endpoint {name} to {wanted} deferred until it is InService: {refused}"
+        return new, [Record(deployed.waiting)]
+    if step in (CREATE, UPDATE):
+        deployed.endpoint_attempts += 1
+        deployed.deployment, deployed.waiting = DEPLOYING, None
+        new.endpoint = _endpoint_now(new.endpoint, name, "Creating" if step == CREATE else "Updating")
+    elif step == WAIT:
+        deployed.waiting = f"endpoint {name} is {seen.status}: {wanted} is deployed once it is InService"
+    elif step == NOTHING:
+        deployed.deployment, deployed.waiting = SERVING, None
+    elif step == GIVE_UP:
+        deployed.deployment, deployed.waiting = FAILED_TO_DEPLOY, None
+        failures = "; ".join(deployed.endpoint_failures) or "no failure recorded"
+        reason = (f"model {deployed.model_name} not deployed: the endpoint failed after "
+                  f"{deployed.endpoint_attempts} attempts ({failures}); publish a dataset again to deploy another")
+        deployed.endpoint_failures.append(reason)
+        return new, [Record(reason)]
+    return new, []
+
+
+def _endpoint_now(current: Optional[Endpoint], name: str, status: str,
+                  failure_reason: Optional[str] = None) -> Endpoint:
+    """The endpoint as our own call left it; its time stays the last event's, so any later event wins."""
+    return Endpoint(name, status, failure_reason, current.changed_at if current is not None else None)
