@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import re
 import unicodedata
+from typing import Optional
 
 TUNING_JOB_MAX = 32
 NAME_MAX = 63
@@ -37,6 +38,15 @@ def normalise_marker(marker: str) -> str:
         raise ValueError("a publish marker (ETag or version id) is required: without it every "
                          "republication would map to the same job names")
     return value
+
+
+def dataset_name_problem(name: str) -> Optional[str]:
+    """Why ``name`` (one key segment under ``datasets/``) cannot name a dataset, or None. ``.`` and
+    ``..`` pass as a key segment but not as a folder in the S3 URIs of SageMaker's channels."""
+    if str(name).strip() in (".", ".."):
+        return (f"dataset name {name!r} cannot be used: '.' and '..' are not folder names; move the "
+                f"images to datasets/<name>/ with a name of letters, digits, '.', '_' or '-' and publish again")
+    return None
 
 
 def slug(text: str, max_length: int) -> str:

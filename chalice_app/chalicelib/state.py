@@ -31,7 +31,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Dict, List, Optional, Tuple
 
-from batch.keys import BATCHES_PREFIX, predictions_key
+from batch.keys import BATCH_ID_RULE, BATCHES_PREFIX, is_batch_id, predictions_key
 
 from . import names
 from .config import QualityGate
@@ -42,7 +42,7 @@ STATE_VERSION = 1
 EVENTS_SEEN_LIMIT = 500
 TERMINAL = ("Completed", "Failed", "Stopped")
 REQUESTED = "Requested"      # our own status: we asked SageMaker, no event has come back yet
-INVALID = "Invalid"          # our own status: the dataset's layout was refused, nothing started
+INVALID = "Invalid"          # our own status: the dataset (its name or layout) or batch id was refused
 NO_MODEL = "NoModel"         # our own status: a batch arrived before any model was deployed
 
 # A deployed model's way onto the endpoint (``DeployedModel.deployment``).
@@ -243,11 +243,12 @@ def on_dataset_published(state: PipelineState, event: DatasetPublished, layout: 
               training_job=names.training_job_name(event.name, event.marker),
               counts=copy.deepcopy(layout.counts), source_uri=source_uri)
     new.runs[key] = run
-    if not layout.ok:
+    name_problem = names.dataset_name_problem(event.name)
+    problems = [name_problem] if name_problem else list(layout.problems)
+    if problems:
         run.tuning_status = INVALID
-        run.layout_problems = list(layout.problems)
-        return new, [Record(f"dataset {event.name!r} (marker {run.marker}) not started: "
-                            + "; ".join(layout.problems))]
+        run.layout_problems = problems
+        return new, [Record(f"dataset {event.name!r} (marker {run.marker}) not started: " + "; ".join(problems))]
     run.tuning_status = REQUESTED
     new.current_dataset = {"name": event.name, "marker": run.marker}
     return new, [StartTuning(event.name, run.marker)]
@@ -345,6 +346,10 @@ def on_batch_requested(state: PipelineState, event: BatchRequested, batches_pref
         return new, []
     output_key = predictions_key(event.batch_id, batches_prefix)
     new.batches.pop(event.batch_id, None)     # a re-run moves to the end: the last batch is the latest
+    if not is_batch_id(event.batch_id):       # "." or "..": a key segment, but no folder for a transform job
+        reason = f"batch id {event.batch_id!r} cannot be used: a batch id is {BATCH_ID_RULE}"
+        new.batches[event.batch_id] = Batch(event.batch_id, marker, None, INVALID, output_key, reason)
+        return new, [Record(f"batch {event.batch_id!r} not started: {reason}")]
     if new.deployed is None:
         new.batches[event.batch_id] = Batch(event.batch_id, marker, None, NO_MODEL, output_key,
                                             "no model is deployed yet: publish a dataset first")

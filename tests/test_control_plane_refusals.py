@@ -1,0 +1,42 @@
+"""What the control plane refuses or records instead of raising, on moto: unusable dataset and batch names,
+a job stopped by its time limit or by a person, a create that finds its job already there after a crash."""
+
+from __future__ import annotations
+
+import pytest
+from aws_support import BUCKET, deliver, object_created, train
+
+DOTS = [".", ".."]
+
+
+@pytest.mark.parametrize("name", DOTS)
+def test_a_dataset_named_dot_or_dot_dot_is_an_invalid_publication_with_the_reason(aws, client, name):
+    aws.upload_dataset(name)                      # S3 keeps datasets/../train/... as it is written
+    key = f"datasets/{name}/_READY"
+    result = deliver(client, object_created(BUCKET, key, aws.put(key)))
+    assert result == {"handled": True, "actions": ["Record"]}
+    assert aws.requests == []
+    status = client.http.get("/status").json_body
+    run = status["latest_run"]
+    assert (run["dataset"], run["tuning_status"]) == (name, "Invalid")
+    assert run["layout_problems"] == [
+        f"dataset name {name!r} cannot be used: '.' and '..' are not folder names; move the images to "
+        f"datasets/<name>/ with a name of letters, digits, '.', '_' or '-' and publish again"]
+    assert status["dataset"] is None                # nothing became the current dataset
+    # a redelivery is a duplicate, not a retry loop
+    assert deliver(client, object_created(BUCKET, key, aws.put(key)))["actions"] == []
+
+
+@pytest.mark.parametrize("batch_id", DOTS)
+def test_a_batch_named_dot_or_dot_dot_is_refused_with_the_reason(aws, client, batch_id):
+    train(aws, client, 0.85)                       # a model is deployed: the batch would start a transform
+    before = list(aws.requests)
+    aws.put(f"batch/{batch_id}/input/a.jpg")
+    key = f"batch/{batch_id}/_READY"
+    assert deliver(client, object_created(BUCKET, key, aws.put(key))) == {"handled": True, "actions": ["Record"]}
+    assert aws.requests == before
+    batch = client.http.get("/status").json_body["last_batch"]
+    assert (batch["batch_id"], batch["status"], batch["transform_job"]) == (batch_id, "Invalid", None)
+    assert batch["failure_reason"] == (f"batch id {batch_id!r} cannot be used: a batch id is 1-100 letters, "
+                                       f"digits, '.', '_' or '-' starting with a letter or digit")
+    assert batch["predictions_uri"] is None
