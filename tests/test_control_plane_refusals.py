@@ -4,7 +4,9 @@ a job stopped by its time limit or by a person, a create that finds its job alre
 from __future__ import annotations
 
 import pytest
-from aws_support import BUCKET, deliver, object_created, train
+from aws_support import BEST, BUCKET, DATASET, deliver, object_created, state_change, train
+
+from chalicelib import names
 
 DOTS = [".", ".."]
 
@@ -40,3 +42,29 @@ def test_a_batch_named_dot_or_dot_dot_is_refused_with_the_reason(aws, client, ba
     assert batch["failure_reason"] == (f"batch id {batch_id!r} cannot be used: a batch id is 1-100 letters, "
                                        f"digits, '.', '_' or '-' starting with a letter or digit")
     assert batch["predictions_uri"] is None
+
+
+def run_to_training(aws, client):
+    """Publish and complete tuning: the instrumented training job is running; return its name."""
+    aws.upload_dataset(DATASET)
+    publish = aws.publish(DATASET)
+    marker = publish["detail"]["object"]["etag"]
+    deliver(client, publish)
+    aws.set_best_trial(names.tuning_job_name(DATASET, marker), BEST)
+    deliver(client, state_change("tuning", names.tuning_job_name(DATASET, marker), "Completed"))
+    return names.training_job_name(DATASET, marker)
+
+
+@pytest.mark.parametrize("secondary, shown", [
+    ("MaxRuntimeExceeded", "stopped: MaxRuntimeExceeded: the job ran past its StoppingCondition.MaxRuntimeInSeconds"),
+    ("Stopped", "stopped: Stopped: a StopTrainingJob request (a person or the tuning job's early stopping)"),
+    (None, "stopped: no SecondaryStatus given"),
+])
+def test_a_stopped_training_job_shows_why_it_stopped_in_status(aws, client, secondary, shown):
+    training = run_to_training(aws, client)
+    detail = {"SecondaryStatus": secondary} if secondary else {}
+    stopped = state_change("training", training, "Stopped", FailureReason="", **detail)
+    assert deliver(client, stopped) == {"handled": True, "actions": ["Record"]}
+    run = client.http.get("/status").json_body["run"]
+    assert (run["training_status"], run["training_failure"], run["gate"]) == ("Stopped", shown, None)
+    assert [op for op, _ in aws.requests] == ["CreateHyperParameterTuningJob", "CreateTrainingJob"]

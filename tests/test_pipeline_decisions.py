@@ -524,3 +524,14 @@ def test_the_endpoint_step_toward_serving_the_deployed_model():
              (spent, seen("Failed", wanted, "no capacity"), state.DELETE),
              (given_up, None, state.NOTHING)]
     assert [state.endpoint_step(deployed, s) for deployed, s, _ in cases] == [step for _, _, step in cases]
+
+
+def test_a_stopped_jobs_secondary_status_is_parsed_and_becomes_its_reason():
+    raw = training_event("train-x", "Stopped")
+    raw["detail"]["SecondaryStatus"] = "MaxRuntimeExceeded"
+    event = events.parse_sagemaker_event(raw)
+    assert (event.status, event.secondary_status, event.failure_reason) == ("Stopped", "MaxRuntimeExceeded", None)
+    assert state.ending_reason(event) == \
+        "stopped: MaxRuntimeExceeded: the job ran past its StoppingCondition.MaxRuntimeInSeconds"
+    failed = events.parse_sagemaker_event(training_event("train-x", "Failed", reason="AlgorithmError: boom"))
+    assert state.ending_reason(failed) == "AlgorithmError: boom"

@@ -8,8 +8,9 @@ Two sources, three shapes (field names checked against AWS's documentation, Nove
   ``detail.object.key``, ``.etag`` and ``.sequencer``. These keys are taken as they come (not
   URL-decoded): the S3 documentation states the encoding for notifications only.
 - SageMaker -> EventBridge state changes, one ``detail-type`` per kind of resource; ``detail``
-  mirrors the Describe* response: ``TrainingJobName``/``TrainingJobStatus``/``FailureReason`` and,
-  for a tuning trial, ``TuningJobArn``; ``HyperParameterTuningJobName``/``...Status``;
+  mirrors the Describe* response: ``TrainingJobName``/``TrainingJobStatus``/``FailureReason``,
+  ``SecondaryStatus`` (``MaxRuntimeExceeded`` for a job stopped by its time limit, whose
+  ``FailureReason`` is empty) and, for a tuning trial, ``TuningJobArn``; ``HyperParameterTuningJobName``/``...Status``;
   ``TransformJobName``/``TransformJobStatus``/``FailureReason``; ``EndpointName``/``EndpointStatus``
   (which the documentation's example spells ``IN_SERVICE``).
 
@@ -97,6 +98,7 @@ class JobStateChanged:
     failure_reason: Optional[str] = None
     launched_by_tuning_job: bool = False
     changed_at: Optional[float] = None     # detail.LastModifiedTime in epoch milliseconds, if given
+    secondary_status: Optional[str] = None  # a training job's detail.SecondaryStatus: why it stopped
 
     @property
     def identity(self) -> str:
@@ -244,10 +246,13 @@ def parse_sagemaker_event(event) -> JobStateChanged:
     detail = event["detail"]
     reason = detail.get("FailureReason")
     tuning_arn = detail.get("TuningJobArn") if kind == "training" else None
+    secondary = detail.get("SecondaryStatus") if kind == "training" else None
     return JobStateChanged(kind=kind, name=name, status=status,
                            failure_reason=reason if isinstance(reason, str) and reason else None,
                            launched_by_tuning_job=isinstance(tuning_arn, str) and bool(tuning_arn),
-                           changed_at=_epoch_ms(detail.get("LastModifiedTime")))
+                           changed_at=_epoch_ms(detail.get("LastModifiedTime")),
+                           secondary_status=secondary.strip() if isinstance(secondary, str) and secondary.strip()
+                           else None)
 
 
 def parse_event(event) -> List[Event]:

@@ -295,10 +295,10 @@ def on_training_changed(state: PipelineState, event: JobStateChanged, metrics: O
     if not finished:
         return new, []
     if run.training_status != "Completed":
-        run.training_failure = event.failure_reason
+        run.training_failure = ending_reason(event)
         return new, [Record(f"training job {run.training_job} for dataset {run.dataset!r} "
                             f"{run.training_status.lower()}"
-                            + (f": {event.failure_reason}" if event.failure_reason else ""))]
+                            + (f": {run.training_failure}" if run.training_failure else ""))]
     run.metrics = dict(metrics or {})
     deployed = None
     if new.deployed is not None and new.deployed.deployment != FAILED_TO_DEPLOY:   # a model never served is no bar
@@ -311,6 +311,25 @@ def on_training_changed(state: PipelineState, event: JobStateChanged, metrics: O
     new.deployed = DeployedModel(model_name=model, dataset=run.dataset, marker=run.marker,
                                  test_acc=decision.candidate_accuracy, training_job=run.training_job)
     return new, [Deploy(run.dataset, run.marker, run.training_job, model, decision.candidate_accuracy)]
+
+
+# Why SageMaker stopped a training job (its SecondaryStatus when the status is Stopped).
+STOP_REASONS = {
+    "MaxRuntimeExceeded": "the job ran past its StoppingCondition.MaxRuntimeInSeconds",
+    "MaxWaitTimeExceeded": "the spot job waited past its StoppingCondition.MaxWaitTimeInSeconds",
+    "Stopped": "a StopTrainingJob request (a person or the tuning job's early stopping)",
+}
+
+
+def ending_reason(event: JobStateChanged) -> Optional[str]:
+    """What /status says about a job that did not complete: a Failed job's FailureReason; a Stopped
+    job's cause from its SecondaryStatus (``stopped: MaxRuntimeExceeded: the job ran past ...``)."""
+    if event.status != "Stopped":
+        return event.failure_reason
+    secondary = event.secondary_status or "no SecondaryStatus given"
+    cause = STOP_REASONS.get(event.secondary_status or "")
+    reason = f"stopped: {secondary}" + (f": {cause}" if cause else "")
+    return f"{reason}; {event.failure_reason}" if event.failure_reason else reason
 
 
 def on_endpoint_changed(state: PipelineState, event: JobStateChanged) -> Result:
