@@ -138,6 +138,25 @@ def post_image(client, body, content_type="image/jpeg", query=""):
 
 # --- moto patches ------------------------------------------------------------------------------------
 
+# kind -> (the backend's create method, its registry, the name argument, the job's status attribute)
+JOBS = {
+    "tuning": ("create_hyper_parameter_tuning_job", "hyper_parameter_tuning_jobs", "hyper_parameter_tuning_job_name",
+               "hyper_parameter_tuning_job_status"),
+    "training": ("create_training_job", "training_jobs", "training_job_name", "training_job_status"),
+    "transform": ("create_transform_job", "transform_jobs", "transform_job_name", "transform_job_status"),
+}
+
+
+def _starts_in_progress(create, registry, name_arg, status):
+    """moto describes a new job as Completed at once; SageMaker as InProgress until it ends (the job's
+    end event, which a test delivers, is sent once it is so: ``FakeAws.finish_job``)."""
+    def create_in_progress(backend, *args, **kwargs):
+        result = create(backend, *args, **kwargs)
+        setattr(getattr(backend, registry)[kwargs[name_arg]], status, "InProgress")
+        return result
+    return create_in_progress
+
+
 class _Patches:
     """Patches moto's response classes for the duration of the fake (undone by ``stop``)."""
 
@@ -203,6 +222,9 @@ class _Patches:
         self._patch(SageMakerRuntimeResponse, "invoke_endpoint", invoke_endpoint)
         self._patch(SageMakerResponse, "update_endpoint", update_endpoint)
         self._patch(SageMakerModelBackend, "create_endpoint", create_endpoint)
+        for method, registry, name_arg, status in JOBS.values():
+            self._patch(SageMakerModelBackend, method, _starts_in_progress(
+                SageMakerModelBackend.__dict__[method], registry, name_arg, status))
         self._patch(SageMakerModelBackend, "delete_endpoint", delete_endpoint)
 
     def _patch(self, cls, name, function):
@@ -329,6 +351,11 @@ class FakeAws:
         detail = {"FailureReason": reason} if reason else {}
         return state_change("endpoint", name, "IN_SERVICE" if status == "InService" else "FAILED",
                             LastModifiedTime=modified or _next_change(), **detail)
+
+    def finish_job(self, kind: str, name: str, status: str = "Completed") -> None:
+        """End a tuning, training or transform job as SageMaker would (describe then says ``status``)."""
+        _, registry, _, status_attribute = JOBS[kind]
+        setattr(getattr(self.backend, registry)[name], status_attribute, status)
 
     @property
     def deletes_take_time(self) -> bool:

@@ -4,6 +4,7 @@ a job stopped by its time limit or by a person, a create that finds its job alre
 from __future__ import annotations
 
 import pytest
+from botocore.exceptions import ClientError
 from aws_support import BEST, BUCKET, DATASET, deliver, object_created, state_change, train
 
 from chalicelib import names
@@ -68,3 +69,40 @@ def test_a_stopped_training_job_shows_why_it_stopped_in_status(aws, client, seco
     run = client.http.get("/status").json_body["run"]
     assert (run["training_status"], run["training_failure"], run["gate"]) == ("Stopped", shown, None)
     assert [op for op, _ in aws.requests] == ["CreateHyperParameterTuningJob", "CreateTrainingJob"]
+
+
+def test_a_tuning_job_created_before_a_crash_and_already_completed_moves_the_run_on(aws, client):
+    """The publish handler created the tuning job and died before saving; the job completed and its
+    event, for a job the state did not know, was dropped. Lambda's retry of the publish finds the job
+    there (ResourceInUse), describes it and continues from Completed: it starts the training job."""
+    aws.upload_dataset(DATASET)
+    publish = aws.publish(DATASET)
+    marker = publish["detail"]["object"]["etag"]
+    tuning, training = names.tuning_job_name(DATASET, marker), names.training_job_name(DATASET, marker)
+    store = aws.plane.store
+
+    def save(state, etag):
+        del store.save
+        raise ClientError({"Error": {"Code": "InternalError", "Message": "try again"}}, "PutObject")
+    store.save = save
+    with pytest.raises(ClientError):
+        aws.plane.handle_event(publish)
+    aws.set_best_trial(tuning, BEST)
+    aws.finish_job("tuning", tuning, "Completed")
+    assert deliver(client, state_change("tuning", tuning, "Completed")) == {"handled": True, "actions": []}
+
+    assert deliver(client, publish) == {"handled": True, "actions": ["StartTuning", "StartTraining"]}
+    assert [op for op, _ in aws.requests] == ["CreateHyperParameterTuningJob", "CreateHyperParameterTuningJob",
+                                              "CreateTrainingJob"]
+    first, second = aws.created("CreateHyperParameterTuningJob")
+    assert first == second and first["HyperParameterTuningJobName"] == tuning
+    [training_request] = aws.created("CreateTrainingJob")
+    assert training_request["TrainingJobName"] == training
+    assert {k: training_request["HyperParameters"][k] for k in BEST} == BEST
+    run = client.http.get("/status").json_body["run"]
+    assert (run["tuning_status"], run["training_status"], run["best_hyperparameters"]) == \
+        ("Completed", "Requested", BEST)
+    # the tuning job's Completed, delivered again, is a duplicate now
+    assert deliver(client, state_change("tuning", tuning, "Completed"))["actions"] == []
+    assert len(aws.created("CreateTrainingJob")) == 1
+

@@ -27,6 +27,7 @@ import dataclasses
 import json
 import logging
 import time
+from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Tuple
 
 from batch import keys as batch_keys
@@ -137,6 +138,14 @@ class StateStore:
             raise
 
 
+@dataclass
+class Performed:
+    """What handling one event did: the actions, in order, and the job ends found by describing a job
+    a create found already there (``ControlPlane._catch_up``)."""
+    actions: List[object] = field(default_factory=list)
+    caught_up: List[JobStateChanged] = field(default_factory=list)
+
+
 MetricSink = Callable[[str, float, Dict[str, str]], None]   # (name, value, dimensions)
 
 
@@ -174,15 +183,17 @@ class ControlPlane:
             new, actions = self._transition(state, event)
             if new is state:
                 return []
+            performed = Performed()
             for action in actions:
-                new = self._perform(action, new)
+                new = self._perform(action, new, performed)
             try:
                 self.store.save(new, etag)
             except StateConflict:
                 log.info("state changed while handling %s: handling it again", event.identity)
                 continue
-            self._count_gate_decision(state, new, event)
-            return actions
+            for handled in [event] + performed.caught_up:
+                self._count_gate_decision(state, new, handled)
+            return performed.actions
         raise RuntimeError(f"the pipeline state kept changing while handling {event.identity}; "
                            f"the event will be redelivered")
 
@@ -254,18 +265,47 @@ class ControlPlane:
 
     # --- actions --------------------------------------------------------------------------------
 
-    def _create(self, operation: str, request: dict, kind: str) -> None:
+    def _create(self, operation: str, request: dict, kind: str) -> bool:
+        """Send a create; False when its deterministic name exists already (an earlier delivery made it)."""
         try:
             getattr(self.sagemaker, operation)(**request)
         except Exception as exc:
             if not already_done(exc):
                 raise
             log.info("%s: already exists (an earlier delivery created it)", operation)
-            return
+            return False
         self.metric("JobsStarted", 1, {"kind": kind})
+        return True
 
-    def _perform(self, action, state: PipelineState) -> PipelineState:
-        """Do ``action``; return ``state`` with what SageMaker's answers changed (the endpoint's steps)."""
+    def _catch_up(self, kind: str, name: str, state: PipelineState, performed: Performed) -> PipelineState:
+        """A job our create found already there: an earlier delivery created it and died before saving
+        the state, so the job's own end event may have come and gone unrecognised. Describe it and,
+        when it has ended, apply that end as its event would have (same identity: the real event, if
+        it comes, is then a duplicate)."""
+        if kind == "tuning":
+            description = self.sagemaker.describe_hyper_parameter_tuning_job(HyperParameterTuningJobName=name)
+            status = description.get("HyperParameterTuningJobStatus")
+        elif kind == "training":
+            description = self.sagemaker.describe_training_job(TrainingJobName=name)
+            status = description.get("TrainingJobStatus")
+        else:
+            description = self.sagemaker.describe_transform_job(TransformJobName=name)
+            status = description.get("TransformJobStatus")
+        if status not in TERMINAL:
+            return state
+        event = JobStateChanged(kind, name, status, failure_reason=description.get("FailureReason") or None,
+                                secondary_status=description.get("SecondaryStatus") or None)
+        log.info("%s job %s already exists and is %s: continuing from there", kind, name, status)
+        new, actions = self._transition(state, event)
+        performed.caught_up.append(event)
+        for action in actions:
+            new = self._perform(action, new, performed)
+        return new
+
+    def _perform(self, action, state: PipelineState, performed: Performed) -> PipelineState:
+        """Do ``action`` (appended to ``performed``, with any it led to); return ``state`` with what
+        SageMaker's answers changed (the endpoint's steps, a job found already ended)."""
+        performed.actions.append(action)
         config = self.config
         if isinstance(action, (StartTuning, StartTraining)):
             run = next(r for r in state.runs.values() if r.dataset == action.dataset and r.marker == action.marker)
@@ -273,12 +313,14 @@ class ControlPlane:
             if isinstance(action, StartTuning):
                 request = requests.create_hyper_parameter_tuning_job(config, run.dataset, run.marker,
                                                                      run.source_uri, channels)
-                self._create("create_hyper_parameter_tuning_job", request, "tuning")
+                if not self._create("create_hyper_parameter_tuning_job", request, "tuning"):
+                    return self._catch_up("tuning", run.tuning_job, state, performed)
             else:
                 best = run.best_hyperparameters or self._best_hyperparameters(run.tuning_job)
                 request = requests.create_training_job(config, run.dataset, run.marker, run.source_uri,
                                                        best, channels)
-                self._create("create_training_job", request, "training")
+                if not self._create("create_training_job", request, "training"):
+                    return self._catch_up("training", run.training_job, state, performed)
         elif isinstance(action, Deploy):
             self._deploy(action)
             return self._ensure_serving(state)
@@ -286,7 +328,8 @@ class ControlPlane:
             return self._ensure_serving(state)
         elif isinstance(action, StartTransform):
             request = requests.create_transform_job(config, action.batch_id, action.marker, action.model_name)
-            self._create("create_transform_job", request, "transform")
+            if not self._create("create_transform_job", request, "transform"):
+                return self._catch_up("transform", request["TransformJobName"], state, performed)
         elif isinstance(action, WritePredictions):
             self._write_predictions(action)
         elif isinstance(action, Record):
