@@ -101,8 +101,9 @@ def lambda_policy(bucket: str, role_arn: str, region: str, account: str, *, stag
         _statement("EndpointConfig", ["sagemaker:CreateEndpointConfig"], [endpoint_config]),
         # IAM may evaluate the endpoint configuration named in the request as well as the endpoint.
         _statement("Endpoint", ["sagemaker:CreateEndpoint", "sagemaker:UpdateEndpoint"], [endpoint, endpoint_config]),
-        _statement("EndpointState", ["sagemaker:DescribeEndpoint", "sagemaker:InvokeEndpoint"], [endpoint]),
-        _statement("Transform", ["sagemaker:CreateTransformJob"], [transform, model]),
+        _statement("EndpointState", ["sagemaker:DescribeEndpoint", "sagemaker:InvokeEndpoint",
+                                      "sagemaker:DeleteEndpoint"], [endpoint]),      # a Failed one is recreated
+        _statement("Transform", ["sagemaker:CreateTransformJob", "sagemaker:DescribeTransformJob"], [transform, model]),
         _statement("TagOnCreate", ["sagemaker:AddTags"],
                    [tuning, training, model, endpoint_config, endpoint, transform]),
         _statement("PassExecutionRoleToSageMaker", ["iam:PassRole"], role_arn,

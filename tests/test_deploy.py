@@ -315,7 +315,7 @@ def test_every_call_in_the_control_plane_source_is_allowed_by_the_lambda_policy(
 def test_the_lambda_policy_refuses_what_the_control_plane_never_does():
     policy = lambda_policy()
     arn = sagemaker_arn
-    assert not allowed(policy, "sagemaker:DeleteEndpoint", arn("Endpoint", "dogbreeds"))
+    assert not allowed(policy, "sagemaker:DeleteEndpoint", arn("Endpoint", "another-endpoint"))
     assert not allowed(policy, "sagemaker:CreateTrainingJob", arn("TrainingJob", "someone-elses-job"))
     assert not allowed(policy, "sagemaker:InvokeEndpoint", arn("Endpoint", "another-endpoint"))
     assert not allowed(policy, "sagemaker:CreateTrainingJob",
@@ -378,7 +378,7 @@ def test_every_request_of_a_whole_moto_run_is_allowed_by_the_lambda_policy():
             aws.plane.handle_event(state_change("tuning", tuning, "Completed"))
             aws.set_final_metrics(training, {"test:accuracy": 0.9, "test:loss": 0.3})
             aws.plane.handle_event(state_change("training", training, "Completed"))
-            aws.plane.handle_event(state_change("endpoint", "dogbreeds", "IN_SERVICE", LastModifiedTime=len(sent)))
+            aws.plane.handle_event(aws.finish_endpoint("dogbreeds", "InService", modified=len(sent)))
             recording[0] = False
 
         run(b"first")
