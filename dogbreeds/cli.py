@@ -15,6 +15,9 @@ Every command takes ``--data-dir`` (default ``$DOGBREEDS_HOME``, else ``runs/loc
 the stack's bucket, job records, logs and event spool live there, so ``publish``, ``status`` and
 ``logs`` work from any terminal, and ``publish`` also while no stack runs (the stack picks the
 marker's event up when it starts). ``predict`` and ``batch`` need the running stack's API.
+
+``up --fail-endpoint-once [REASON]`` makes the endpoint's next create or update end Failed, as a
+SageMaker endpoint does without capacity or with a bad image: a way to watch the pipeline recover.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from pathlib import Path
 from chalicelib.config import PROFILES, STRATEGIES, ConfigError, PipelineConfig, QualityGate, TuningConfig
 from dogbreeds import client, progress
 from dogbreeds.client import Home, UserError
+from dogbreeds.localaws.endpoints import DEFAULT_FAULT_REASON
 from dogbreeds.stack import LocalStack, local_config
 
 
@@ -49,7 +53,8 @@ def cmd_up(args) -> int:
     config = stack_config(args)
     os.environ.setdefault("POWERTOOLS_METRICS_DISABLED", "true")   # EMF lines are CloudWatch's, not a terminal's
     progress.plain_logging()
-    stack = LocalStack(home.data_dir, config=config, api_port=args.port, cores=args.cores)
+    stack = LocalStack(home.data_dir, config=config, api_port=args.port, cores=args.cores,
+                       fail_endpoint_once=args.fail_endpoint_once)
     stopping = []
 
     def stop(signum, _frame):
@@ -68,6 +73,9 @@ def cmd_up(args) -> int:
     try:
         print(f"  API      {stack.api_url}   (POST /predict, GET /status, POST /batch, GET /batch/<id>)")
         print(f"  bucket   {stack.raw_s3.prefix_path(stack.config.bucket, '')}")
+        if args.fail_endpoint_once:
+            print(f"  failure  the next create or update of endpoint {stack.endpoint_name} ends Failed: "
+                  f"{args.fail_endpoint_once}")
         print("  publish  dogbreeds publish <folder with train/ valid/ test/>   (Ctrl-C stops the stack)",
               flush=True)
         watcher = progress.Watcher(home.data_dir, stack.config.bucket)
@@ -207,6 +215,9 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--accuracy-floor", type=float,
                     help=f"the gate's test-accuracy floor (default {QualityGate().accuracy_floor})")
     up.add_argument("--seed", type=int, help="the tuner's seed (default: none, a new choice each time)")
+    up.add_argument("--fail-endpoint-once", nargs="?", const=DEFAULT_FAULT_REASON, metavar="REASON",
+                    help="make the endpoint's next create or update end Failed (with REASON), as SageMaker's does "
+                         "without capacity or with a bad image: to watch the pipeline recover")
     up.add_argument("--poll", type=float, default=1.0, help=argparse.SUPPRESS)
     up.set_defaults(run=cmd_up)
 

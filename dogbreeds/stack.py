@@ -10,6 +10,9 @@
 - the Chalice app's routes (``/predict``, ``/status``, ``/batch``) on 127.0.0.1;
 - the training code package, built from this checkout and uploaded as on AWS.
 
+``fail_endpoint_once`` (a reason) makes the endpoint's next create or update end ``Failed`` with that
+reason, armed before any event is delivered: the way to watch the control plane recover from it.
+
 The control plane is the unchanged ``chalice_app``: every local run sends the requests AWS would get.
 """
 
@@ -90,8 +93,9 @@ def object_created_event(bucket: str, key: str, etag: str) -> dict:
 
 class LocalStack:
     def __init__(self, data_dir: Path, config: Optional[PipelineConfig] = None, api_port: int = 0,
-                 cores: Optional[int] = None, serve_api: bool = True):
+                 cores: Optional[int] = None, serve_api: bool = True, fail_endpoint_once: Optional[str] = None):
         self.data_dir = Path(data_dir).resolve()
+        self.fail_endpoint_once = fail_endpoint_once
         self.config = config or local_config()
         self.api_port = api_port
         self.cores = cores
@@ -130,6 +134,8 @@ class LocalStack:
                                                self.config.layout).uri
         for note in self.sagemaker.recover():
             log.warning(note)
+        if self.fail_endpoint_once:
+            self.sagemaker.fail_next_endpoint_change(self.endpoint_name, self.fail_endpoint_once)
         self.bus.start()
         if self._api_server is not None:
             self._api_thread = threading.Thread(target=self._api_server.server.serve_forever, name="api",
@@ -138,6 +144,12 @@ class LocalStack:
         (self.data_dir / "stack.json").write_text(json.dumps({"pid": os.getpid(), "api_url": self.api_url,
                                                               "bucket": self.config.bucket}))
         return self
+
+    @property
+    def endpoint_name(self) -> str:
+        """The one endpoint the control plane deploys to."""
+        from chalicelib.names import endpoint_name
+        return endpoint_name(self.config.hosting.endpoint_name)
 
     def _bind_api(self) -> None:
         import warnings

@@ -21,8 +21,9 @@ import pytest
 from local_support import wait_for
 
 from dogbreeds import cli, client
+from dogbreeds.localaws.endpoints import DEFAULT_FAULT_REASON
 from dogbreeds.localaws.s3 import LocalS3
-from dogbreeds.stack import BUCKET, ROOT
+from dogbreeds.stack import BUCKET, ROOT, LocalStack
 
 
 def pending_events(data_dir: Path) -> list:
@@ -197,6 +198,26 @@ def test_up_options_change_the_quick_profile_and_bad_values_are_refused_with_the
         err = capsys.readouterr().err
         assert err.startswith("dogbreeds up: invalid configuration:") and message in err
     assert not home.exists()           # refused before anything starts
+
+
+def test_up_fail_endpoint_once_arms_one_failure_of_the_stacks_endpoint_before_any_event(tmp_path):
+    assert cli.build_parser().parse_args(["up"]).fail_endpoint_once is None
+    assert cli.build_parser().parse_args(["up", "--fail-endpoint-once"]).fail_endpoint_once == DEFAULT_FAULT_REASON
+    args = cli.build_parser().parse_args(["up", "--fail-endpoint-once", "no capacity"])
+    stack = LocalStack(tmp_path / "home", config=cli.stack_config(args), serve_api=False,
+                       fail_endpoint_once=args.fail_endpoint_once).start()
+    try:
+        sagemaker, name = stack.sagemaker, stack.endpoint_name
+        assert name == "dogbreeds"
+        sagemaker.create_model(ModelName="m", PrimaryContainer={"ModelDataUrl": f"s3://{BUCKET}/none.tar.gz"})
+        sagemaker.create_endpoint_config(EndpointConfigName="c", ProductionVariants=[
+            {"VariantName": "AllTraffic", "ModelName": "m"}])
+        sagemaker.create_endpoint(EndpointName=name, EndpointConfigName="c")
+        failed = wait_for(lambda: (sagemaker.describe_endpoint(EndpointName=name)["EndpointStatus"] == "Failed"
+                                   and sagemaker.describe_endpoint(EndpointName=name)), 30, "the endpoint to fail")
+        assert failed["FailureReason"] == "no capacity"
+    finally:
+        stack.stop()
 
 
 # --- the progress feed and when a run is over ------------------------------------------------------

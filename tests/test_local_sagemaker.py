@@ -1,5 +1,6 @@
 """The Docker-free SageMaker: real subprocess jobs under the script-mode contract, Optuna tuning
-(Hyperband stopping a bad trial from its logged metrics), restart recovery, resumable transforms.
+(Hyperband stopping a bad trial from its logged metrics), restart recovery, resumable transforms, and
+endpoints that take time to change and refuse what SageMaker refuses.
 
 The training script here is a small stand-in packed exactly as the real source package is
 (``training/train.py`` inside ``sourcedir.tar.gz``): it prints Contract 1 metric lines whose values
@@ -14,10 +15,14 @@ import os
 import tarfile
 import threading
 import time
+import urllib.request
 from dataclasses import replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
+from botocore.exceptions import ClientError
+from local_support import wait_for
 
 from chalicelib import sagemaker_requests as requests
 from chalicelib.config import CategoricalRange, PipelineConfig, TuningConfig
@@ -65,7 +70,7 @@ def source_package(script: str = FAKE_TRAIN) -> bytes:
 class Local:
     """A LocalS3 bucket with a dataset and the fake source package, and a LocalSageMaker over it."""
 
-    def __init__(self, root, cores=2, server_factory=None):
+    def __init__(self, root, cores=2, server_factory=None, endpoint_change_seconds=0.3):
         self.root = root
         self.s3 = LocalS3(root / "s3")
         self.s3.create_bucket(Bucket=BUCKET)
@@ -74,7 +79,8 @@ class Local:
         self.s3.put_object(Bucket=BUCKET, Key="code/src.tar.gz", Body=source_package())
         self.events = []
         self.sagemaker = LocalSageMaker(self.s3, root / "data", self.events.append, cores=cores,
-                                        server_factory=server_factory)
+                                        server_factory=server_factory,
+                                        endpoint_change_seconds=endpoint_change_seconds)
         self.config = PipelineConfig(bucket=BUCKET, role_arn="arn:aws:iam::000000000000:role/r", region="us-east-1")
 
     def training_request(self, name="train-1", **hyperparameters) -> dict:
@@ -304,3 +310,240 @@ def test_an_interrupted_transform_resumes_without_redoing_finished_images(tmp_pa
     assert len(seen) == 6 and not set(seen) & {images[k.split("/")[-1][:-4]] for k in done}
     outputs = local.s3.list_objects_v2(Bucket=BUCKET, Prefix="batch/b/output/")["Contents"]
     assert sorted(o["Key"] for o in outputs) == [f"batch/b/output/{name}.out" for name in sorted(images)]
+
+
+# --- endpoints ----------------------------------------------------------------------------------------
+
+
+class NamingServer:
+    """A stand-in for the model server: answers every request with the name of the model folder it
+    serves; ``swap`` takes ``load_seconds`` before the new model serves, as loading does."""
+
+    def __init__(self, model_dir, load_seconds=0.0):
+        outer = self
+        self.model_dir, self.load_seconds = Path(model_dir), load_seconds
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                reply = json.dumps({"model": outer.model_dir.name}).encode()
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(reply)))
+                self.end_headers()
+                self.wfile.write(reply)
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.stopped = False
+
+    def start(self):
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+        return self
+
+    def swap(self, model_dir):
+        time.sleep(self.load_seconds)
+        self.model_dir = Path(model_dir)
+
+    def stop(self):
+        if not self.stopped:
+            self.stopped = True
+            self.httpd.shutdown()
+            self.httpd.server_close()
+            self.thread.join(5)
+
+
+def served_model(local, endpoint="ep"):
+    """The model folder the endpoint's server answers from, or None when the endpoint does not serve."""
+    url = local.sagemaker.endpoint_url(endpoint)
+    if url is None:
+        return None
+    with urllib.request.urlopen(urllib.request.Request(url + "/invocations", data=b"x", method="POST"),
+                                timeout=10) as response:
+        return json.loads(response.read())["model"]
+
+
+def endpoint_statuses(local, endpoint="ep"):
+    return [e["detail"]["EndpointStatus"] for e in local.events
+            if e["detail-type"] == "SageMaker Endpoint State Change" and e["detail"]["EndpointName"] == endpoint]
+
+
+def add_models(local, *names, archive=None):
+    """A model and an endpoint config (``<name>-config``) for each name, over a small model.tar.gz."""
+    for name in names:
+        local.s3.put_object(Bucket=BUCKET, Key=f"models/{name}/model.tar.gz", Body=archive or source_package("x = 1"))
+        local.sagemaker.create_model(ModelName=name, PrimaryContainer={
+            "ModelDataUrl": f"s3://{BUCKET}/models/{name}/model.tar.gz"})
+        local.sagemaker.create_endpoint_config(EndpointConfigName=f"{name}-config", ProductionVariants=[
+            {"VariantName": "AllTraffic", "ModelName": name, "InstanceType": "ml.m5.large",
+             "InitialInstanceCount": 1}])
+
+
+def status_of(local, endpoint="ep"):
+    return local.sagemaker.describe_endpoint(EndpointName=endpoint)["EndpointStatus"]
+
+
+def wait_for_status(local, status, endpoint="ep", timeout=30):
+    """Wait until the endpoint is ``status`` and its event has been sent."""
+    return wait_for(lambda: status_of(local, endpoint) == status and endpoint_statuses(local, endpoint)[-1] == status,
+                    timeout, f"endpoint {endpoint} {status}")
+
+
+def refusal(call, **request):
+    """(code, HTTP status, message) of the ClientError ``call(**request)`` raises."""
+    with pytest.raises(ClientError) as refused:
+        call(**request)
+    error = refused.value.response
+    return error["Error"]["Code"], error["ResponseMetadata"]["HTTPStatusCode"], error["Error"]["Message"]
+
+
+@pytest.fixture
+def hosting(tmp_path):
+    fixture = Local(tmp_path, server_factory=lambda d: NamingServer(d, load_seconds=0.5),
+                    endpoint_change_seconds=0.5)
+    add_models(fixture, "m1", "m2")
+    yield fixture
+    fixture.sagemaker.close()
+
+
+def test_an_endpoint_is_creating_until_its_server_serves_then_in_service(hosting):
+    started = time.monotonic()
+    hosting.sagemaker.create_endpoint(EndpointName="ep", EndpointConfigName="m1-config")
+    assert status_of(hosting) == "Creating" and served_model(hosting) is None
+    wait_for_status(hosting, "InService")
+    assert time.monotonic() - started >= 0.5        # at least endpoint_change_seconds
+    assert served_model(hosting) == "m1"
+    assert endpoint_statuses(hosting) == ["Creating", "InService"]
+    assert hosting.events[-1]["detail"]["EndpointConfigName"] == "m1-config"
+
+
+def test_update_is_refused_unless_in_service_and_the_old_model_serves_while_updating(hosting):
+    hosting.sagemaker.create_endpoint(EndpointName="ep", EndpointConfigName="m1-config")
+    arn = hosting.sagemaker.describe_endpoint(EndpointName="ep")["EndpointArn"]
+    assert refusal(hosting.sagemaker.update_endpoint, EndpointName="ep", EndpointConfigName="m2-config") == (
+        "ValidationException", 400, f'Cannot update in-progress endpoint "{arn}".')
+    wait_for_status(hosting, "InService")
+    hosting.sagemaker.update_endpoint(EndpointName="ep", EndpointConfigName="m2-config")
+    assert status_of(hosting) == "Updating"
+    assert refusal(hosting.sagemaker.update_endpoint, EndpointName="ep", EndpointConfigName="m1-config")[:2] == (
+        "ValidationException", 400)
+    assert served_model(hosting) == "m1"            # the old config serves until the new one is loaded
+    wait_for_status(hosting, "InService")
+    assert served_model(hosting) == "m2"
+    assert hosting.sagemaker.describe_endpoint(EndpointName="ep")["EndpointConfigName"] == "m2-config"
+    assert endpoint_statuses(hosting) == ["Creating", "InService", "Updating", "InService"]
+
+
+def test_two_updates_at_once_one_is_accepted_the_other_refused(hosting):
+    hosting.sagemaker.create_endpoint(EndpointName="ep", EndpointConfigName="m1-config")
+    wait_for_status(hosting, "InService")
+    outcomes, barrier = [], threading.Barrier(2)
+
+    def update():
+        barrier.wait()
+        try:
+            hosting.sagemaker.update_endpoint(EndpointName="ep", EndpointConfigName="m2-config")
+            outcomes.append("accepted")
+        except ClientError as exc:
+            outcomes.append(exc.response["Error"]["Code"])
+
+    racers = [threading.Thread(target=update) for _ in range(2)]
+    for racer in racers:
+        racer.start()
+    for racer in racers:
+        racer.join(10)
+    assert sorted(outcomes) == ["ValidationException", "accepted"]
+
+
+def test_an_existing_endpoint_cannot_be_created_again(hosting):
+    hosting.sagemaker.create_endpoint(EndpointName="ep", EndpointConfigName="m1-config")
+    arn = hosting.sagemaker.describe_endpoint(EndpointName="ep")["EndpointArn"]
+    assert refusal(hosting.sagemaker.create_endpoint, EndpointName="ep", EndpointConfigName="m2-config") == (
+        "ValidationException", 400, f'Cannot create already existing endpoint "{arn}".')
+
+
+def test_a_create_made_to_fail_leaves_only_delete_then_a_new_create_serves(hosting):
+    hosting.sagemaker.fail_next_endpoint_change("ep", "CapacityError: no ml.m5.large capacity")
+    hosting.sagemaker.create_endpoint(EndpointName="ep", EndpointConfigName="m1-config")
+    wait_for_status(hosting, "Failed")
+    failed = hosting.sagemaker.describe_endpoint(EndpointName="ep")
+    assert failed["FailureReason"] == "CapacityError: no ml.m5.large capacity" and served_model(hosting) is None
+    assert endpoint_statuses(hosting) == ["Creating", "Failed"]
+    assert hosting.events[-1]["detail"]["FailureReason"] == "CapacityError: no ml.m5.large capacity"
+    arn = failed["EndpointArn"]
+    assert refusal(hosting.sagemaker.update_endpoint, EndpointName="ep", EndpointConfigName="m2-config") == (
+        "ValidationException", 400,
+        f'Cannot update failed endpoint "{arn}". Only DeleteEndpoint is possible on a failed endpoint.')
+    assert refusal(hosting.sagemaker.create_endpoint, EndpointName="ep", EndpointConfigName="m2-config") == (
+        "ValidationException", 400, f'Cannot create already existing endpoint "{arn}".')
+    assert status_of(hosting) == "Failed"           # the refusals changed nothing
+    hosting.sagemaker.delete_endpoint(EndpointName="ep")
+    assert refusal(hosting.sagemaker.describe_endpoint, EndpointName="ep") == (
+        "ValidationException", 400, f'Could not find endpoint "{arn}".')
+    hosting.sagemaker.create_endpoint(EndpointName="ep", EndpointConfigName="m2-config")     # the failure was once
+    wait_for_status(hosting, "InService")
+    assert served_model(hosting) == "m2"
+    assert endpoint_statuses(hosting) == ["Creating", "Failed", "Creating", "InService"]
+
+
+def test_an_update_made_to_fail_ends_failed_with_the_reason(hosting):
+    hosting.sagemaker.create_endpoint(EndpointName="ep", EndpointConfigName="m1-config")
+    wait_for_status(hosting, "InService")
+    hosting.sagemaker.fail_next_endpoint_change("ep", "the image did not start")
+    hosting.sagemaker.update_endpoint(EndpointName="ep", EndpointConfigName="m2-config")
+    wait_for_status(hosting, "Failed")
+    assert hosting.sagemaker.describe_endpoint(EndpointName="ep")["FailureReason"] == "the image did not start"
+    assert endpoint_statuses(hosting) == ["Creating", "InService", "Updating", "Failed"]
+    assert refusal(hosting.sagemaker.update_endpoint, EndpointName="ep", EndpointConfigName="m2-config")[0] == (
+        "ValidationException")
+    hosting.sagemaker.delete_endpoint(EndpointName="ep")
+    hosting.sagemaker.create_endpoint(EndpointName="ep", EndpointConfigName="m2-config")
+    wait_for_status(hosting, "InService")
+    assert served_model(hosting) == "m2"
+
+
+def test_an_endpoint_deleted_while_creating_is_not_brought_back_by_its_change(hosting):
+    hosting.sagemaker.create_endpoint(EndpointName="ep", EndpointConfigName="m1-config")
+    hosting.sagemaker.delete_endpoint(EndpointName="ep")
+    assert hosting.sagemaker.wait_idle(10)
+    assert refusal(hosting.sagemaker.describe_endpoint, EndpointName="ep")[0] == "ValidationException"
+    assert endpoint_statuses(hosting) == ["Creating"]
+
+
+def model_archive(inference_py=None) -> bytes:
+    """A model.tar.gz with ``code/inference.py`` holding ``inference_py`` (none at all when None)."""
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w:gz") as tar:
+        files = {"model.json": b"{}"}
+        if inference_py is not None:
+            files["code/inference.py"] = inference_py.encode()
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("inference_py, reason", [
+    (None, "ModelCodeError: "),
+    ("def model_fn(model_dir):\n    raise RuntimeError('weights do not match the architecture')\n"
+     "def input_fn(body, content_type):\n    return body\ndef output_fn(prediction, accept):\n    return prediction\n",
+     "RuntimeError: weights do not match the architecture"),
+])
+def test_a_model_server_that_cannot_load_fails_the_endpoint_with_the_reason(tmp_path, inference_py, reason):
+    from dogbreeds.serving import ModelServer
+    local = Local(tmp_path, server_factory=ModelServer, endpoint_change_seconds=0)
+    try:
+        add_models(local, "bad", archive=model_archive(inference_py))
+        local.sagemaker.create_endpoint(EndpointName="ep", EndpointConfigName="bad-config")
+        wait_for_status(local, "Failed")
+        failure = local.sagemaker.describe_endpoint(EndpointName="ep")["FailureReason"]
+        assert failure.startswith(reason), failure
+        if inference_py is None:
+            assert "code/inference.py not found" in failure
+        assert endpoint_statuses(local) == ["Creating", "Failed"] and served_model(local) is None
+    finally:
+        local.sagemaker.close()

@@ -2,15 +2,30 @@
 
 ``server_factory(model_dir)`` makes the server (``dogbreeds.serving.ModelServer`` in the stack), which
 loads ``code/inference.py`` from the model's archive, unpacked once under ``<models_dir>/<model>/``.
-``UpdateEndpoint`` swaps the model of the running server, which drops no request. Starting or swapping
-runs in a thread: the endpoint is ``Creating``/``Updating`` until it serves, then ``InService``
-(or ``Failed`` with the reason).
+
+An endpoint changes as on SageMaker, and refuses what SageMaker refuses:
+
+- ``CreateEndpoint`` makes it ``Creating``, ``UpdateEndpoint`` makes it ``Updating``; a thread waits
+  at least ``change_seconds`` (SageMaker takes minutes), then loads and warms the model up (a new
+  server, or ``swap`` on the running one), and only then is the endpoint ``InService``. Each status
+  change emits its State Change event. While ``Updating``, the old model keeps serving.
+- A model that cannot be loaded (no ``code/inference.py``, a handler that raises) ends the change
+  ``Failed`` with the error as ``FailureReason``; so does a failure armed with ``fail_next_change``
+  (the stand-in for no capacity or a bad image), for the next create or update of that endpoint.
+- ``UpdateEndpoint`` is refused (``ValidationException``) unless the endpoint is ``InService``;
+  ``CreateEndpoint`` of an existing name is refused (``ValidationException``, "Cannot create already
+  existing endpoint"), whatever its status. On a ``Failed`` endpoint only ``DeleteEndpoint`` (and
+  ``DescribeEndpoint``) works. ``DeleteEndpoint`` is immediate here (SageMaker passes ``Deleting``).
+
+Not copied from SageMaker: a failed update there rolls back to the old configuration (``InService``
+with a ``FailureReason``); here it ends ``Failed``, the harder case for the control plane.
 """
 
 from __future__ import annotations
 
 import logging
 import shutil
+import uuid
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
@@ -21,17 +36,23 @@ from .resources import Resources, client_error
 
 log = logging.getLogger(__name__)
 
+MIN_CHANGE_SECONDS = 1.0     # locally: long enough to be seen, short enough for the demo
+FAULT_KIND = "endpoint-fault"    # records of armed failures: one per endpoint, consumed by its next change
+DEFAULT_FAULT_REASON = ("Failed on purpose by the local runtime (the stand-in for a failure such as no capacity "
+                        "for the instance type or an image that does not start)")
+
 
 class Endpoints:
     def __init__(self, resources: Resources, threads: JobThreads, s3, models_dir: Path,
-                 server_factory: Optional[Callable]):
+                 server_factory: Optional[Callable], change_seconds: float = MIN_CHANGE_SECONDS):
         self.resources = resources
         self.records = resources.records
         self.threads = threads
         self.s3 = s3
         self.models_dir = models_dir
         self.server_factory = server_factory
-        self._servers: Dict[str, object] = {}
+        self.change_seconds = change_seconds
+        self._servers: Dict[str, object] = {}     # guarded by records.lock
 
     def create_model(self, request: dict) -> dict:
         name = request["ModelName"]
@@ -52,35 +73,59 @@ class Endpoints:
         return {"EndpointConfigArn": self.resources.arn("endpoint-config", name)}
 
     def create_endpoint(self, name: str, config_name: str, extra: dict) -> dict:
-        """CreateEndpoint: ``Creating`` now, a server started in a thread."""
-        self.resources.require_new("endpoint", name, "CreateEndpoint")
-        self.resources.describe("endpoint-config", config_name, "CreateEndpoint")
-        record = {"EndpointName": name, "EndpointArn": self.resources.arn("endpoint", name),
-                  "EndpointConfigName": config_name, "EndpointStatus": "Creating",
-                  "CreationTime": now().isoformat(), "LastModifiedTime": now().isoformat(), **extra}
-        self.records.put("endpoint", name, record)
+        """CreateEndpoint: ``Creating`` now, served from a thread (see the module's docstring)."""
+        with self.records.lock:
+            self.resources.require_new("endpoint", name, "CreateEndpoint")
+            self.resources.describe("endpoint-config", config_name, "CreateEndpoint")
+            change, fault = uuid.uuid4().hex, self._take_fault(name)
+            record = {"EndpointName": name, "EndpointArn": self.resources.arn("endpoint", name),
+                      "EndpointConfigName": config_name, "EndpointStatus": "Creating",
+                      "CreationTime": now().isoformat(), "LastModifiedTime": now().isoformat(), **extra,
+                      "_Change": change}
+            self.records.put("endpoint", name, record)
         self.resources.emit("endpoint", record)
-        self.threads.start(self._serve, name, config_name, name=f"endpoint-{name}")
+        self._start_change(name, config_name, change, fault)
         return {"EndpointArn": record["EndpointArn"]}
 
     def update_endpoint(self, name: str, config_name: str) -> dict:
-        """UpdateEndpoint: refused while the endpoint is Creating or Updating; the swap runs in a thread."""
-        current = self.resources.describe("endpoint", name, "UpdateEndpoint")
-        if current["EndpointStatus"] not in ("InService", "Failed"):
-            raise client_error("ValidationException",
-                               f"Cannot update in-progress endpoint \"{current['EndpointArn']}\".", "UpdateEndpoint")
-        self.resources.describe("endpoint-config", config_name, "UpdateEndpoint")
-        self.resources.set_status("endpoint", name, "Updating")
-        self.threads.start(self._serve, name, config_name, name=f"endpoint-{name}")
+        """UpdateEndpoint: refused unless the endpoint is InService; ``Updating`` now, the old model
+        serving until the new one is loaded in a thread."""
+        with self.records.lock:
+            current = self.resources.describe("endpoint", name, "UpdateEndpoint")
+            refusal = update_refusal(current["EndpointStatus"], current["EndpointArn"])
+            if refusal:
+                raise client_error("ValidationException", refusal, "UpdateEndpoint")
+            self.resources.describe("endpoint-config", config_name, "UpdateEndpoint")
+            change, fault = uuid.uuid4().hex, self._take_fault(name)
+            record = self.resources.set_status("endpoint", name, "Updating", emit=False, _Change=change)
+        self.resources.emit("endpoint", record)
+        self._start_change(name, config_name, change, fault)
         return {"EndpointArn": current["EndpointArn"]}
 
     def delete_endpoint(self, name: str) -> dict:
-        self.resources.describe("endpoint", name, "DeleteEndpoint")
-        server = self._servers.pop(name, None)
+        """DeleteEndpoint, in any status: the record goes and the server stops; a change still
+        running for it ends without effect."""
+        with self.records.lock:
+            self.resources.describe("endpoint", name, "DeleteEndpoint")
+            server = self._servers.pop(name, None)
+            self.records.path("endpoint", name).unlink()
         if server is not None:
             server.stop()
-        self.records.path("endpoint", name).unlink()
         return {}
+
+    def fail_next_change(self, name: str, reason: str = DEFAULT_FAULT_REASON) -> None:
+        """Arm a failure: the next CreateEndpoint or UpdateEndpoint of endpoint ``name`` (which need not
+        exist yet) ends ``Failed`` with ``FailureReason`` ``reason``, after the usual wait, without
+        loading the model. Kept on disk (``<data_dir>/sagemaker/endpoint-fault/``) until used."""
+        self.records.put(FAULT_KIND, name, {"EndpointName": name, "FailureReason": reason})
+
+    def _take_fault(self, name: str) -> Optional[str]:
+        """The reason of the failure armed for ``name``, disarmed; None when none is armed."""
+        fault = self.records.get(FAULT_KIND, name)
+        if fault is None:
+            return None
+        self.records.path(FAULT_KIND, name).unlink()
+        return fault["FailureReason"]
 
     def model_dir(self, model_name: str) -> Path:
         """The model's ``model.tar.gz``, unpacked under ``models_dir`` (once)."""
@@ -93,22 +138,48 @@ class Endpoints:
             (target / ".complete").touch()
         return target
 
-    def _serve(self, endpoint: str, config_name: str) -> None:
+    def _start_change(self, endpoint: str, config_name: str, change: str, fault: Optional[str]) -> None:
+        self.threads.start(self._change, endpoint, config_name, change, fault, name=f"endpoint-{endpoint}")
+
+    def _change(self, endpoint: str, config_name: str, change: str, fault: Optional[str]) -> None:
+        """The thread of one create or update: wait, load (or fail as armed), then InService or Failed."""
+        if self.threads.stopping.wait(self.change_seconds):
+            return    # the runtime is closing: recover() restarts the endpoint next time
+        if fault is not None:
+            self._finish(endpoint, change, "Failed", FailureReason=fault)
+            return
+        server = None
         try:
             config = self.records.get("endpoint-config", config_name)
             model_dir = self.model_dir(config["ProductionVariants"][0]["ModelName"])
-            server = self._servers.get(endpoint)
+            with self.records.lock:
+                server = self._servers.get(endpoint)
             if server is None:
                 server = self.server_factory(model_dir)
                 server.start()
-                self._servers[endpoint] = server
             else:
-                server.swap(model_dir)
-            self.resources.set_status("endpoint", endpoint, "InService", EndpointConfigName=config_name,
-                                      _Url=server.url, FailureReason=None)
+                server.swap(model_dir)    # loads and warms up first; the old model serves meanwhile
         except Exception as exc:
             log.exception("endpoint %s could not serve %s", endpoint, config_name)
-            self.resources.set_status("endpoint", endpoint, "Failed", FailureReason=f"{type(exc).__name__}: {exc}")
+            self._finish(endpoint, change, "Failed", FailureReason=f"{type(exc).__name__}: {exc}")
+            return
+        if not self._finish(endpoint, change, "InService", server=server, EndpointConfigName=config_name,
+                            _Url=server.url, FailureReason=None):
+            server.stop()     # the endpoint was deleted (or recreated) while this change ran
+
+    def _finish(self, endpoint: str, change: str, status: str, server=None, **changes) -> bool:
+        """Record the end of ``change``, with its event, unless the endpoint was deleted or another change
+        began since; True when recorded. A ``server`` given becomes the endpoint's."""
+        with self.records.lock:
+            current = self.records.get("endpoint", endpoint)
+            if current is None or current.get("_Change") != change:
+                log.info("endpoint %s changed while it was being served; not marking it %s", endpoint, status)
+                return False
+            if server is not None:
+                self._servers[endpoint] = server
+            record = self.resources.set_status("endpoint", endpoint, status, emit=False, **changes)
+        self.resources.emit("endpoint", record)
+        return True
 
     def url(self, endpoint: str) -> Optional[str]:
         """The URL of the endpoint's server while it serves (InService or Updating), else None."""
@@ -122,13 +193,24 @@ class Endpoints:
         notes = []
         for record in self.records.all("endpoint"):
             if record["EndpointStatus"] in ("InService", "Updating", "Creating"):
-                self.resources.set_status("endpoint", record["EndpointName"], "Creating", emit=False)
-                self.threads.start(self._serve, record["EndpointName"], record["EndpointConfigName"],
-                                   name=f"endpoint-{record['EndpointName']}")
-                notes.append(f"endpoint {record['EndpointName']} restarting")
+                name, change = record["EndpointName"], uuid.uuid4().hex
+                self.resources.set_status("endpoint", name, "Creating", emit=False, _Change=change)
+                self._start_change(name, record["EndpointConfigName"], change, None)
+                notes.append(f"endpoint {name} restarting")
         return notes
 
     def stop_servers(self) -> None:
-        for server in list(self._servers.values()):
+        with self.records.lock:
+            servers, self._servers = list(self._servers.values()), {}
+        for server in servers:
             server.stop()
-        self._servers.clear()
+
+
+def update_refusal(status: str, arn: str) -> Optional[str]:
+    """Why SageMaker refuses UpdateEndpoint on an endpoint in ``status`` (the ValidationException's
+    message), or None when it accepts it: only an InService endpoint can be updated."""
+    if status == "InService":
+        return None
+    if status == "Failed":
+        return f'Cannot update failed endpoint "{arn}". Only DeleteEndpoint is possible on a failed endpoint.'
+    return f'Cannot update in-progress endpoint "{arn}".'

@@ -94,9 +94,10 @@ class Resources:
         return record
 
     def require_new(self, kind: str, name: str, operation: str) -> None:
-        """Raise SageMaker's error for a Create* whose name is taken."""
+        """Raise SageMaker's error for a Create* whose name is taken: ValidationException for models,
+        endpoint configs and endpoints (whatever the endpoint's status), ResourceInUse for jobs."""
         if self.records.get(kind, name) is not None:
-            if kind in ("model", "endpoint-config"):
+            if KINDS[kind].error_noun:
                 raise client_error("ValidationException", f"Cannot create already existing {KINDS[kind].error_noun} "
                                                           f"\"{self.arn(kind, name)}\".", operation)
             raise client_error("ResourceInUse", f"{KINDS[kind].arn_noun} {name} already exists", operation)

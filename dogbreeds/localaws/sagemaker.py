@@ -8,7 +8,9 @@ the control plane uses. It is a thin front; each kind of resource has its own mo
   its log with the job's own ``MetricDefinitions``, ``model.tar.gz`` and ``output.tar.gz`` written back;
 - ``tuning_jobs`` (with ``tuning``, the mapping of SageMaker strategies onto Optuna samplers and
   pruners): trials run as training jobs, pruned from their per-epoch objective;
-- ``endpoints``: models, endpoint configs, and endpoints served by a local inference server;
+- ``endpoints``: models, endpoint configs, and endpoints served by a local inference server, which
+  take time to change and refuse what SageMaker refuses (``UpdateEndpoint`` unless InService, all but
+  ``DeleteEndpoint`` on a Failed endpoint); ``fail_next_endpoint_change`` makes one fail on purpose;
 - ``transform``: every object under the input prefix through the model, one ``.out`` per object;
 - ``resources`` and ``records``: ARNs, errors, status changes and their EventBridge-shaped events
   (through ``emit(event)``), and the JSON record of every resource under ``<data_dir>/sagemaker/``.
@@ -27,7 +29,7 @@ from typing import Callable, List, Optional
 
 from chalicelib.state import TERMINAL
 
-from .endpoints import Endpoints
+from .endpoints import DEFAULT_FAULT_REASON, MIN_CHANGE_SECONDS, Endpoints
 from .job_threads import JobThreads
 from .records import Records, now
 from .resources import JOB_KINDS, KINDS, Resources
@@ -39,8 +41,12 @@ RECOVERY_REASON = "the local runtime stopped while this job ran; publish again o
 
 
 class LocalSageMaker:
+    """``endpoint_change_seconds``: the least time an endpoint stays Creating or Updating (SageMaker
+    takes minutes; the model's loading and warm-up come on top)."""
+
     def __init__(self, s3, data_dir: Path, emit: Callable[[dict], None], cores: Optional[int] = None,
-                 python: str = sys.executable, region: str = "local", server_factory=None):
+                 python: str = sys.executable, region: str = "local", server_factory=None,
+                 endpoint_change_seconds: float = MIN_CHANGE_SECONDS):
         self.s3 = s3
         self.data_dir = Path(data_dir)
         self.cores = cores or len(os.sched_getaffinity(0))
@@ -50,7 +56,8 @@ class LocalSageMaker:
         jobs_dir = self.data_dir / "jobs"
         self.training = TrainingJobs(self.resources, self.threads, s3, jobs_dir, python)
         self.tuning = TuningJobs(self.resources, self.threads, self.training, self.cores, jobs_dir)
-        self.endpoints = Endpoints(self.resources, self.threads, s3, self.data_dir / "models", server_factory)
+        self.endpoints = Endpoints(self.resources, self.threads, s3, self.data_dir / "models", server_factory,
+                                   endpoint_change_seconds)
         self.transforms = TransformJobs(self.resources, self.threads, s3, self.endpoints.model_dir, server_factory)
 
     # --- training -----------------------------------------------------------------------------------
@@ -106,6 +113,12 @@ class LocalSageMaker:
 
     def delete_endpoint(self, EndpointName: str) -> dict:
         return self.endpoints.delete_endpoint(EndpointName)
+
+    def fail_next_endpoint_change(self, endpoint: str, reason: str = DEFAULT_FAULT_REASON) -> None:
+        """Make the next CreateEndpoint or UpdateEndpoint of ``endpoint`` end ``Failed`` with
+        ``FailureReason`` ``reason`` (and a Failed event), as SageMaker's does when it finds no capacity
+        or the image does not start: for tests, and for trying the control plane's recovery by hand."""
+        self.endpoints.fail_next_change(endpoint, reason)
 
     def endpoint_url(self, endpoint: str) -> Optional[str]:
         """The URL of the endpoint's local server while it serves, else None."""
