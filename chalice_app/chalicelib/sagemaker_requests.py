@@ -51,8 +51,16 @@ METRIC_DEFINITIONS = (
 METRIC_NAMES = tuple(m["Name"] for m in METRIC_DEFINITIONS)
 
 # AWS Deep Learning Containers registries. Most regions pull from 763104351884; these have their own
-# account. Source: the SageMaker Python SDK's image_uri_config/pytorch.json (pytorch-training and
-# pytorch-inference 2.6.0), which AWS's own samples repeat. ISO partitions are left out on purpose.
+# account. Source: the SageMaker Python SDK 2.257's image_uri_config/pytorch.json, the same for
+# pytorch-training and pytorch-inference 2.6.0 (and for training 2.7.1 and 2.8.0). ISO partitions are
+# left out on purpose. The SDK cannot run here (Lambda), so tests/test_sdk_oracle.py checks every URI
+# this table gives against the SDK's image_uris.retrieve, in every region, and that no region is missing.
+#
+# Which container version (config.FrameworkConfig): pytorch 2.6.0 / py312 for training AND inference.
+# The SDK lists training images up to 2.8.0 but inference images only up to 2.6.0, so 2.6.0 is the newest
+# torch that can both write and serve a model. Training on 2.8.0 would work (train.py writes a state_dict
+# and model.json, which 2.6.0 loads), but one torch for the whole model means the archive never crosses
+# versions and the containers' tests need one extra torch, not two.
 _DLC_MAIN_ACCOUNT = "763104351884"
 _DLC_MAIN_REGIONS = frozenset({
     "ap-northeast-1", "ap-northeast-2", "ap-south-1", "ap-southeast-1", "ap-southeast-2", "ca-central-1",
@@ -83,6 +91,7 @@ _DLC_OTHER_ACCOUNTS = {
     "us-gov-east-1": "446045086412",
     "us-gov-west-1": "442386744353",
 }
+DLC_REGIONS = frozenset(_DLC_MAIN_REGIONS | set(_DLC_OTHER_ACCOUNTS))   # every region with PyTorch images
 
 # SageMaker Debugger's rule evaluator image (sagemaker-debugger-rules:latest), only needed when the
 # managed Debugger opt-in is on. Source: the SageMaker Python SDK's image_uri_config/debugger.json.
@@ -111,7 +120,7 @@ def dlc_account(region: str) -> str:
     if region in _DLC_OTHER_ACCOUNTS:
         return _DLC_OTHER_ACCOUNTS[region]
     raise ValueError(f"no AWS Deep Learning Containers registry is known for region {region!r}; "
-                     f"known regions: {', '.join(sorted(_DLC_MAIN_REGIONS | set(_DLC_OTHER_ACCOUNTS)))}")
+                     f"known regions: {', '.join(sorted(DLC_REGIONS))}")
 
 
 def _pytorch_image(scope: str, region: str, processor: str, config: PipelineConfig) -> str:
