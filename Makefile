@@ -7,10 +7,12 @@ STAMP  := $(VENV)/.installed-$(shell cat $(REQS) | sha1sum | cut -c1-12)
 
 .PHONY: setup demo test lint bench
 
-# requirements.txt: the pinned dependencies and this checkout's packages, editable (the `dogbreeds` command).
+# requirements.txt: the pinned dependencies and this checkout's packages, editable (the `dogbreeds` command);
+# then the SageMaker SDK that the tests use as an oracle, without its dependencies (requirements/sdk-oracle.txt).
 $(STAMP): $(REQS)
 	@test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	$(VENV)/bin/python -m pip install --quiet --disable-pip-version-check --no-deps -r requirements/sdk-oracle.txt
 	@rm -f $(VENV)/.installed-* && touch $@
 
 setup: $(STAMP)
