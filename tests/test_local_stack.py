@@ -14,6 +14,7 @@ import tarfile
 
 from local_support import http, wait_for
 
+from chalicelib import names
 from chalicelib.sagemaker_requests import job_artifact_uri, split_s3_uri
 from dogbreeds import cli
 from dogbreeds.stack import LocalStack, local_config
@@ -152,3 +153,43 @@ def test_publish_to_predictions_through_the_local_runtime(tmp_path, dataset5, ca
         report = stack.data_dir / "reports" / run["training_job"] / "report.html"
         assert f"report: {report}" in out
         assert f"<title>Training report: {run['training_job']}</title>" in report.read_text()
+
+
+def test_an_endpoint_made_to_fail_is_deleted_and_the_chosen_model_served_on_a_new_one(tmp_path, dataset5):
+    """The local SageMaker fails the endpoint's first creation on purpose; the unchanged control plane
+    records the failure, deletes the Failed endpoint, creates it again with the model the gate chose,
+    and /predict answers from it."""
+    config = local_config("quick", trials=1, parallel=1, seed=3, trial_epochs=1, epochs=1, accuracy_floor=0.0)
+    reason = "CapacityError: no ml.m5.large capacity (failed on purpose by the test)"
+    with LocalStack(tmp_path / "stack", config=config, cores=2, fail_endpoint_once=reason) as stack:
+        calls = []
+        for name in ("create_endpoint", "update_endpoint", "delete_endpoint"):
+            original = getattr(stack.sagemaker, name)
+
+            def recorded(*args, _original=original, _name=name, **kwargs):
+                calls.append(_name)
+                return _original(*args, **kwargs)
+            setattr(stack.sagemaker, name, recorded)
+
+        for path in sorted(dataset5.rglob("*.jpg")):
+            stack.s3.upload_file(str(path), config.bucket, f"datasets/dogs/{path.relative_to(dataset5)}")
+        stack.s3.put_object(Bucket=config.bucket, Key="datasets/dogs/_READY", Body=b"publication to fail once")
+
+        def serving():
+            view = stack.plane.status()
+            deployed = view.get("deployed") or {}
+            if deployed.get("deployment") == "FailedToDeploy":
+                raise AssertionError(f"the model was given up: {json.dumps(deployed)[:2000]}")
+            return view if deployed.get("deployment") == "Serving" else None
+
+        view = wait_for(serving, 400, "the model to serve after the endpoint's failure")
+        assert calls == ["create_endpoint", "delete_endpoint", "create_endpoint"]
+        deployed = view["deployed"]
+        assert deployed["endpoint_attempts"] == 2
+        assert deployed["endpoint_failures"] == [f"endpoint {stack.endpoint_name} failed: {reason}"]
+        assert view["endpoint"]["status"] == "InService"
+        assert stack.sagemaker.describe_endpoint(EndpointName=stack.endpoint_name)["EndpointConfigName"] == \
+            names.endpoint_config_name(deployed["dataset"], deployed["marker"])
+        image = sorted((dataset5 / "test").rglob("*.jpg"))[0]
+        status, body = http("POST", f"{stack.api_url}/predict?top_k=2", image.read_bytes(), "image/jpeg")
+        assert status == 200 and len(body["predictions"]) == 2, body
