@@ -28,11 +28,8 @@ from chalicelib.config import (PROFILES, STRATEGIES, BatchConfig, BucketLayout, 
                                TuningConfig)
 from deploy.lambda_package import VENDORED
 from training import train
+from request_support import ETAG, MODEL_DATA, ROLE, SOURCE
 
-ROLE = "arn:aws:iam::123456789012:role/dogbreeds-sagemaker"
-SOURCE = "s3://dogbreeds-bucket/code/sourcedir-0123456789abcdef.tar.gz"
-MODEL_DATA = "s3://dogbreeds-bucket/jobs/train-dogimages-0123456789/train-dogimages-0123456789/output/model.tar.gz"
-ETAG = '"9b2cf535f27731c974343645a3985328"'
 EPOCH_LINE = "epoch=3 train_loss=0.4123 train_acc=0.8812 val_loss=0.5231 val_acc=0.8431"
 TEST_LINE = "test_loss=0.5012 test_acc=0.8500"
 # What DescribeTrainingJob reports for the best trial: JSON-encoded values plus the tuner's and

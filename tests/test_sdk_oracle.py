@@ -28,11 +28,8 @@ from chalicelib import names
 from chalicelib import sagemaker_requests as requests
 from chalicelib.config import (BatchConfig, FrameworkConfig, HostingConfig, PipelineConfig, TrainingResources,
                                TuningConfig)
+from request_support import ETAG, MODEL_DATA, ROLE, SOURCE
 
-ROLE = "arn:aws:iam::123456789012:role/dogbreeds-sagemaker"
-SOURCE = "s3://dogbreeds-bucket/code/sourcedir-0123456789abcdef.tar.gz"
-MODEL_DATA = "s3://dogbreeds-bucket/jobs/train-dogimages-0123456789/train-dogimages-0123456789/output/model.tar.gz"
-ETAG = '"9b2cf535f27731c974343645a3985328"'
 DATASET = "dogImages"
 # What DescribeTrainingJob reports for the best trial: JSON-encoded tuned values plus the tuner's extras.
 BEST_TRIAL = {"lr": "0.0031", "weight-decay": "0.012", "eps": "3.2e-08", "batch-size": "64",
