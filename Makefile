@@ -13,6 +13,7 @@ $(STAMP): $(REQS)
 	@test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install --quiet --disable-pip-version-check -r requirements.txt
 	$(VENV)/bin/python -m pip install --quiet --disable-pip-version-check --no-deps -r requirements/sdk-oracle.txt
+	$(VENV)/bin/python -m pip install --quiet --disable-pip-version-check --no-deps -r requirements/toolkits.txt
 	@rm -f $(VENV)/.installed-* && touch $@
 
 setup: $(STAMP)
