@@ -8,7 +8,8 @@ STAMP  := $(VENV)/.installed-$(shell cat $(REQS) | sha1sum | cut -c1-12)
 .PHONY: setup setup-containers demo test test-containers lint bench
 
 # requirements.txt: the pinned dependencies and this checkout's packages, editable (the `dogbreeds` command);
-# then the SageMaker SDK that the tests use as an oracle, without its dependencies (requirements/sdk-oracle.txt).
+# then the SageMaker SDK and the containers' toolkits that the tests use as oracles, without their dependencies
+# (requirements/sdk-oracle.txt, requirements/toolkits.txt).
 $(STAMP): $(REQS)
 	@test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install --quiet --disable-pip-version-check -r requirements.txt
