@@ -240,23 +240,19 @@ def test_a_restart_marks_the_jobs_of_the_dead_runtime_failed_and_kills_their_scr
     assert second.describe_training_job(TrainingJobName="train-1")["TrainingJobStatus"] == "Failed"
 
 
-class CountingServer:
-    """A stand-in for the model server: answers every image with a fixed prediction, counts requests."""
+class FakeModelServer:
+    """A stand-in for the model server on 127.0.0.1: ``answer(body)`` gives each POST's (status, JSON
+    payload or None); ``start``/``stop`` as ModelServer's (stop may be called twice)."""
 
-    def __init__(self, model_dir, seen, fail_after=None):
+    def __init__(self):
         outer = self
-        self.seen, self.fail_after = seen, fail_after
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self):
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                outer.seen.append(body)
-                if outer.fail_after is not None and len(outer.seen) > outer.fail_after:
-                    self.send_response(500)
-                    self.end_headers()
-                    return
-                reply = json.dumps({"predictions": [{"label": "a", "probability": 1.0}]}).encode()
-                self.send_response(200)
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                status, payload = outer.answer(body)
+                reply = b"" if payload is None else json.dumps(payload).encode()
+                self.send_response(status)
                 self.send_header("Content-Length", str(len(reply)))
                 self.end_headers()
                 self.wfile.write(reply)
@@ -266,6 +262,10 @@ class CountingServer:
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.stopped = False
+
+    def answer(self, body: bytes):
+        raise NotImplementedError
 
     def start(self):
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
@@ -273,9 +273,25 @@ class CountingServer:
         return self
 
     def stop(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
-        self.thread.join(5)
+        if not self.stopped:
+            self.stopped = True
+            self.httpd.shutdown()
+            self.httpd.server_close()
+            self.thread.join(5)
+
+
+class CountingServer(FakeModelServer):
+    """Answers every image with a fixed prediction and counts requests; fails (500) after ``fail_after``."""
+
+    def __init__(self, model_dir, seen, fail_after=None):
+        super().__init__()
+        self.seen, self.fail_after = seen, fail_after
+
+    def answer(self, body: bytes):
+        self.seen.append(body)
+        if self.fail_after is not None and len(self.seen) > self.fail_after:
+            return 500, None
+        return 200, {"predictions": [{"label": "a", "probability": 1.0}]}
 
 
 def test_an_interrupted_transform_resumes_without_redoing_finished_images(tmp_path):
@@ -315,45 +331,20 @@ def test_an_interrupted_transform_resumes_without_redoing_finished_images(tmp_pa
 # --- endpoints ----------------------------------------------------------------------------------------
 
 
-class NamingServer:
-    """A stand-in for the model server: answers every request with the name of the model folder it
-    serves; ``swap`` takes ``load_seconds`` before the new model serves, as loading does."""
+class NamingServer(FakeModelServer):
+    """Answers every request with the name of the model folder it serves; ``swap`` takes
+    ``load_seconds`` before the new model serves, as loading does."""
 
     def __init__(self, model_dir, load_seconds=0.0):
-        outer = self
+        super().__init__()
         self.model_dir, self.load_seconds = Path(model_dir), load_seconds
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):
-                self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                reply = json.dumps({"model": outer.model_dir.name}).encode()
-                self.send_response(200)
-                self.send_header("Content-Length", str(len(reply)))
-                self.end_headers()
-                self.wfile.write(reply)
-
-            def log_message(self, *args):
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        self.stopped = False
-
-    def start(self):
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-        self.thread.start()
-        return self
+    def answer(self, body: bytes):
+        return 200, {"model": self.model_dir.name}
 
     def swap(self, model_dir):
         time.sleep(self.load_seconds)
         self.model_dir = Path(model_dir)
-
-    def stop(self):
-        if not self.stopped:
-            self.stopped = True
-            self.httpd.shutdown()
-            self.httpd.server_close()
-            self.thread.join(5)
 
 
 def served_model(local, endpoint="ep"):
