@@ -5,6 +5,9 @@ Events (EventBridge, at least once, in any order):
 - ``on_bucket_event``: S3 "Object Created" for keys ending in ``/_READY`` only (the rule filters, so
   thousands of image uploads never invoke the function): a published dataset or a batch.
 - ``on_sagemaker_event``: tuning, training, transform and endpoint state changes.
+- ``reconcile``: every ``RECONCILE_MINUTES``, a look at an endpoint change no event will announce (a
+  deleted endpoint sends none when it is gone) or whose event was lost; it does nothing (one S3 read)
+  unless a deployed model is not yet serving.
 
 Routes (Contract 4), all behind IAM authorisation (SigV4-signed requests): ``POST /predict``,
 ``GET /status``, ``POST /batch``, ``GET /batch/{batch_id}``. Errors are JSON ``{"Code", "Message"}``.
@@ -23,7 +26,7 @@ from typing import Optional
 from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.metrics import MetricUnit, single_metric
-from chalice import Chalice, ConvertToMiddleware, IAMAuthorizer, Response
+from chalice import Chalice, ConvertToMiddleware, IAMAuthorizer, Rate, Response
 
 from chalicelib.config import ConfigError, PipelineConfig
 from chalicelib.control import ControlPlane
@@ -33,6 +36,7 @@ from chalicelib.predict import IMAGE_TYPES, ApiError
 SERVICE = "dogbreeds"
 NAMESPACE = "DogBreeds"
 MAX_BATCH_REQUEST_BYTES = 4096
+RECONCILE_MINUTES = 5
 
 app = Chalice(app_name=SERVICE, configure_logs=False)   # Powertools' logger owns the log format
 for media_type in IMAGE_TYPES:
@@ -50,6 +54,8 @@ app.register_middleware(ConvertToMiddleware(
     logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_REST)), "http")
 app.register_middleware(ConvertToMiddleware(
     logger.inject_lambda_context(correlation_id_path=correlation_paths.EVENT_BRIDGE)), "cloudwatch")
+app.register_middleware(ConvertToMiddleware(
+    logger.inject_lambda_context(correlation_id_path=correlation_paths.EVENT_BRIDGE)), "scheduled")
 app.register_middleware(ConvertToMiddleware(tracer.capture_lambda_handler), "all")
 app.register_middleware(ConvertToMiddleware(metrics.log_metrics), "all")
 
@@ -196,4 +202,9 @@ def on_bucket_event(event):
 
 @app.on_cw_event(SAGEMAKER_PATTERN, name="on_sagemaker_event")
 def on_sagemaker_event(event):
+    return _handle(event.to_dict())
+
+
+@app.schedule(Rate(RECONCILE_MINUTES, unit=Rate.MINUTES), name="reconcile")
+def reconcile(event):
     return _handle(event.to_dict())

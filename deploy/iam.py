@@ -1,6 +1,6 @@
 """Least-privilege IAM policy documents for the control plane's Lambda and the SageMaker jobs' role.
 
-``lambda_policy``: what the Chalice functions (one role for the REST handler and both event handlers)
+``lambda_policy``: what the Chalice functions (one role for the REST handler, the event handlers and the reconciliation tick)
 may do. Every action is named (no ``*`` and no ``service:*``) and scoped to ARNs in the deployment's
 account and region; SageMaker resources are scoped by the deterministic name prefixes of
 ``chalicelib.names`` (``tune-``, ``train-``, ``model-``, ``config-``, ``batch-``) and the endpoint's

@@ -107,11 +107,23 @@ def state_change(kind: str, name: str, status: str, **detail) -> dict:
             "detail": {name_field: name, status_field: status, **detail}}
 
 
+def reconcile_tick() -> dict:
+    """The event of the app's rate rule, as EventBridge sends it (each tick its own id and time)."""
+    n = next(_sequence)
+    return {"version": "0", "id": f"tick-{n}", "detail-type": "Scheduled Event", "source": "aws.events",
+            "account": DEFAULT_ACCOUNT_ID, "time": f"2026-11-22T10:{n % 60:02d}:00Z", "region": REGION,
+            "resources": [f"arn:aws:events:{REGION}:{DEFAULT_ACCOUNT_ID}:rule/dogbreeds-dev-reconcile"],
+            "detail": {}}
+
+
 # --- the app, as EventBridge and API clients reach it ------------------------------------------------
+
+HANDLERS = {"aws.s3": "on_bucket_event", "aws.sagemaker": "on_sagemaker_event", "aws.events": "reconcile"}
+
 
 def deliver(client, event, handler=None):
     """Invoke the handler EventBridge would invoke for ``event``; return its result."""
-    handler = handler or ("on_bucket_event" if event["source"] == "aws.s3" else "on_sagemaker_event")
+    handler = handler or HANDLERS[event["source"]]
     return client.lambda_.invoke(handler, event).payload
 
 
@@ -331,16 +343,23 @@ class FakeAws:
     def finish_endpoint(self, name: str, status: str, reason: Optional[str] = None,
                         modified: Optional[float] = None) -> dict:
         """Advance the endpoint as SageMaker would, minutes after a create, update or delete:
-        ``"InService"`` (serving the config an update asked for), ``"Failed"`` with ``reason``, or
-        ``"Deleted"`` (gone). Returns the EventBridge state change SageMaker sends for it."""
+        ``"InService"`` (serving the config an update asked for), ``"Failed"`` with ``reason``,
+        ``"RolledBack"`` (an update that failed with ``reason``: InService on the previous config, as
+        SageMaker's default blue/green update does) or ``"Deleted"`` (gone). Returns the EventBridge state change SageMaker sends for it; None for a
+        deletion, which ends with no event (there is no endpoint left to change state)."""
         endpoint = self.backend.endpoints[name]
         assert endpoint.endpoint_status in ("Creating", "Updating", "Deleting"), \
             f"endpoint {name} is {endpoint.endpoint_status}: nothing is in progress"
         if status == "Deleted":
             del self.backend.endpoints[name]
             self._patches.pending_configs.pop(name, None)
-            return state_change("endpoint", name, "DELETING", LastModifiedTime=modified or _next_change())
+            return None
         pending = self._patches.pending_configs.pop(name, None)
+        if status == "RolledBack":      # a failed update: back InService on the previous config, with the reason
+            assert pending is not None and reason, "only an update is rolled back, and with a reason"
+            endpoint.endpoint_status, endpoint.failure_reason = "InService", reason
+            return state_change("endpoint", name, "IN_SERVICE", LastModifiedTime=modified or _next_change(),
+                                FailureReason=reason)
         if status == "InService":
             endpoint.endpoint_config_name = pending or endpoint.endpoint_config_name
             endpoint.failure_reason = None

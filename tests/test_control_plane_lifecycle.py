@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import threading
 
-from aws_support import DATASET, ENDPOINT, T0, deliver, state_change, train
+from aws_support import BUCKET, DATASET, ENDPOINT, STATE_KEY, T0, deliver, reconcile_tick, state_change, train
 
 from chalicelib import names
 
@@ -71,20 +71,55 @@ def test_a_model_whose_endpoint_keeps_failing_is_given_up_with_the_reason_and_th
     assert (deployed["marker"], deployed["deployment"], deployed["endpoint_attempts"]) == (second, "Serving", 1)
 
 
-def test_a_slow_deletion_is_waited_for_then_the_deleting_event_brings_the_new_endpoint(aws, client):
+def test_a_slow_deletion_is_waited_for_then_the_reconciliation_tick_creates_the_new_endpoint(aws, client):
+    # SageMaker sends no event when a deleted endpoint is gone: only the scheduled tick can notice
     aws.deletes_take_time = True
     pauses = []
     aws.plane.sleep = pauses.append
     marker, _ = train(aws, client, 0.85)
+    config = names.endpoint_config_name(DATASET, marker)
     deliver(client, aws.finish_endpoint(ENDPOINT, "Failed", CAPACITY, modified=T0))
     assert [op for op, _ in hosting_requests(aws)][-2:] == ["CreateEndpoint", "DeleteEndpoint"]
     assert pauses == [5.0] * 5                                    # checked for half a minute, still Deleting
-    deployed = client.http.get("/status").json_body["deployed"]
-    assert deployed["waiting"] == (f"endpoint {ENDPOINT} is Deleting: {names.endpoint_config_name(DATASET, marker)} "
-                                   f"is deployed once it is InService")
-    assert deliver(client, aws.finish_endpoint(ENDPOINT, "Deleted", modified=T0 + 1))["actions"] == ["EnsureServing"]
+    waiting = f"endpoint {ENDPOINT} is Deleting: {config} is deployed once it is InService"
+    assert client.http.get("/status").json_body["deployed"]["waiting"] == waiting
+
+    describes = []
+    aws.sagemaker.meta.events.register("provide-client-params.sagemaker.DescribeEndpoint",
+                                       lambda params, **kwargs: describes.append(dict(params)))
+    requests_before = len(aws.requests)
+    assert deliver(client, reconcile_tick()) == {"handled": True, "actions": ["EnsureServing"]}
+    assert describes == [{"EndpointName": ENDPOINT}] and len(aws.requests) == requests_before   # still Deleting
+    assert client.http.get("/status").json_body["deployed"]["waiting"] == waiting
+
+    assert aws.finish_endpoint(ENDPOINT, "Deleted") is None
+    assert deliver(client, reconcile_tick()) == {"handled": True, "actions": ["EnsureServing"]}
     assert [op for op, _ in hosting_requests(aws)][-3:] == ["CreateEndpoint", "DeleteEndpoint", "CreateEndpoint"]
-    assert client.http.get("/status").json_body["deployed"]["endpoint_attempts"] == 2
+    assert aws.created("CreateEndpoint")[-1] == {"EndpointName": ENDPOINT, "EndpointConfigName": config,
+                                                 "Tags": [{"Key": "dogbreeds:stage", "Value": "endpoint"}]}
+    status = client.http.get("/status").json_body
+    assert status["deployed"]["endpoint_attempts"] == 2 and status["endpoint"]["status"] == "Creating"
+
+    # once it serves, a tick looks at nothing: no SageMaker request, no state write
+    deliver(client, aws.finish_endpoint(ENDPOINT, "InService", modified=T0 + 2))
+    assert client.http.get("/status").json_body["deployed"]["deployment"] == "Serving"
+    requests_before, state_before = len(aws.requests), aws.s3.head_object(Bucket=BUCKET, Key=STATE_KEY)["ETag"]
+    describes.clear()
+    assert deliver(client, reconcile_tick()) == {"handled": True, "actions": []}
+    assert len(aws.requests) == requests_before and describes == []
+    assert aws.s3.head_object(Bucket=BUCKET, Key=STATE_KEY)["ETag"] == state_before
+
+
+def test_a_lost_in_service_event_is_made_good_by_the_next_tick(aws, client):
+    marker, _ = train(aws, client, 0.85)
+    event = aws.finish_endpoint(ENDPOINT, "InService", modified=T0)    # ... and its delivery is lost
+    assert event["detail"]["EndpointStatus"] == "IN_SERVICE"
+    assert client.http.get("/status").json_body["deployed"]["deployment"] == "Deploying"
+    assert deliver(client, reconcile_tick())["actions"] == ["EnsureServing"]
+    status = client.http.get("/status").json_body
+    assert (status["deployed"]["deployment"], status["deployed"]["waiting"]) == ("Serving", None)
+    assert status["endpoint"]["status"] == "InService"           # so /predict serves: it reads the state
+    assert [op for op, _ in hosting_requests(aws)] == ["CreateModel", "CreateEndpointConfig", "CreateEndpoint"]
 
 
 def test_an_update_refused_because_the_endpoint_is_changing_is_deferred_not_an_error(aws, client):
@@ -170,3 +205,44 @@ def test_two_deliveries_of_one_training_completed_at_once_send_one_accepted_upda
     deployed = client.http.get("/status").json_body["deployed"]
     assert (deployed["marker"], deployed["deployment"]) == (second, "Serving")
     assert len(aws.created("UpdateEndpoint")) == 2
+
+
+def test_an_update_rolled_back_by_sagemaker_is_tried_once_more_and_recorded(aws, client):
+    # SageMaker's default (blue/green) update that fails leaves the endpoint InService on the old config
+    first, _ = train(aws, client, 0.85)
+    deliver(client, aws.finish_endpoint(ENDPOINT, "InService", modified=T0))
+    second, result = train(aws, client, 0.90, note=b"published again", upload=False)
+    old, new = names.endpoint_config_name(DATASET, first), names.endpoint_config_name(DATASET, second)
+    update = {"EndpointName": ENDPOINT, "EndpointConfigName": new}
+    assert aws.created("UpdateEndpoint") == [update]
+    rolled_back = aws.finish_endpoint(ENDPOINT, "RolledBack", BAD_IMAGE, modified=T0 + 1)
+    assert deliver(client, rolled_back)["actions"] == ["EnsureServing"]
+    assert aws.created("UpdateEndpoint") == [update, update]
+    deployed = client.http.get("/status").json_body["deployed"]
+    failure = f"update of endpoint {ENDPOINT} to {new} failed and was rolled back to {old}: {BAD_IMAGE}"
+    assert (deployed["endpoint_attempts"], deployed["endpoint_failures"]) == (2, [failure])
+    # a tick while the second update runs neither counts the old failure again nor asks for anything
+    deliver(client, reconcile_tick())
+    assert client.http.get("/status").json_body["deployed"]["endpoint_failures"] == [failure]
+    assert aws.created("UpdateEndpoint") == [update, update]
+
+    deliver(client, aws.finish_endpoint(ENDPOINT, "RolledBack", BAD_IMAGE, modified=T0 + 2))
+    deployed = client.http.get("/status").json_body["deployed"]
+    assert deployed["deployment"] == "FailedToDeploy" and deployed["endpoint_failures"][:2] == [failure, failure]
+    assert deployed["endpoint_failures"][2] == (
+        f"model {names.model_name(DATASET, second)} not deployed: the endpoint failed after 2 attempts "
+        f"({failure}; {failure}); endpoint {ENDPOINT} still serves {old}; publish a dataset again to deploy another")
+    assert aws.created("UpdateEndpoint") == [update, update]           # given up: no third try
+    assert aws.backend.endpoints[ENDPOINT].endpoint_config_name == old  # ... and the old model still serves
+
+
+def test_an_update_that_succeeds_after_a_roll_back_ends_serving(aws, client):
+    train(aws, client, 0.85)
+    deliver(client, aws.finish_endpoint(ENDPOINT, "InService", modified=T0))
+    second, _ = train(aws, client, 0.90, note=b"published again", upload=False)
+    deliver(client, aws.finish_endpoint(ENDPOINT, "RolledBack", CAPACITY, modified=T0 + 1))
+    deliver(client, aws.finish_endpoint(ENDPOINT, "InService", modified=T0 + 2))
+    status = client.http.get("/status").json_body
+    assert (status["deployed"]["marker"], status["deployed"]["deployment"]) == (second, "Serving")
+    assert len(status["deployed"]["endpoint_failures"]) == 1 and status["endpoint"]["failure_reason"] is None
+    assert aws.backend.endpoints[ENDPOINT].endpoint_config_name == names.endpoint_config_name(DATASET, second)

@@ -186,6 +186,7 @@ def _without(event: dict, *path: str) -> dict:
     (_without(endpoint_event("e", "IN_SERVICE"), "detail", "EndpointStatus"), "missing detail.EndpointStatus"),
     (_without(transform_event("b", "Completed"), "detail", "TransformJobName"), "missing detail.TransformJobName"),
     (endpoint_event("e", 3), "EndpointStatus should be a non-empty string"),
+    ({"detail-type": "Scheduled Event", "source": "aws.s3", "detail": {}}, "must come from source 'aws.events'"),
 ])
 def test_malformed_events_raise_event_error_naming_the_problem(event, expected):
     with pytest.raises(EventError, match=None) as info:
@@ -535,3 +536,14 @@ def test_a_stopped_jobs_secondary_status_is_parsed_and_becomes_its_reason():
         "stopped: MaxRuntimeExceeded: the job ran past its StoppingCondition.MaxRuntimeInSeconds"
     failed = events.parse_sagemaker_event(training_event("train-x", "Failed", reason="AlgorithmError: boom"))
     assert state.ending_reason(failed) == "AlgorithmError: boom"
+
+
+def test_the_scheduled_event_is_a_tick_that_is_never_taken_for_a_duplicate():
+    tick = {"version": "0", "id": "a", "detail-type": "Scheduled Event", "source": "aws.events",
+            "time": "2026-12-03T10:05:00Z", "resources": [], "detail": {}}
+    parsed = events.parse_event(tick)
+    assert parsed == [events.ReconcileTick("2026-12-03T10:05:00Z")]
+    # the tick's transition remembers nothing: the next tick (even with the same time) is looked at again
+    empty = state.PipelineState()
+    new, actions = state.on_reconcile_tick(empty)
+    assert new is empty and actions == []

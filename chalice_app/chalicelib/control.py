@@ -35,12 +35,13 @@ from batch.predictions import predictions_csv
 
 from . import names, predict, sagemaker_requests as requests
 from .config import PipelineConfig
-from .events import BatchRequested, DatasetPublished, EventError, Ignored, JobStateChanged, parse_event
+from .events import (BatchRequested, DatasetPublished, EventError, Ignored, JobStateChanged, ReconcileTick,
+                     parse_event)
 from .pipeline import check_dataset_layout, final_metrics
 from .state import (CREATE, DELETE, TERMINAL, UPDATE, Deploy, EndpointSeen, EnsureServing, PipelineState, Record,
                     StartTraining, StartTransform, StartTuning, WritePredictions, endpoint_deleted, endpoint_step,
                     endpoint_step_taken, on_batch_requested, on_dataset_published, on_endpoint_changed,
-                    on_training_changed, on_transform_changed, on_tuning_changed)
+                    on_reconcile_tick, on_training_changed, on_transform_changed, on_tuning_changed)
 
 log = logging.getLogger("dogbreeds.control")
 
@@ -48,7 +49,8 @@ SOURCE_POINTER = "current.json"       # under the code prefix: {"uri": "s3://...
 SAVE_ATTEMPTS = 5
 SERVING_STATUSES = ("InService", "Updating", "SystemUpdating")   # an updating endpoint still serves its old model
 # A failed endpoint's deletion is watched this long (checks x seconds) before its recreation is left to
-# the next endpoint event; deleting an endpoint without instances takes seconds.
+# the next reconciliation tick (SageMaker sends no event when a deleted endpoint is gone); deleting an
+# endpoint without instances takes seconds.
 DELETION_CHECKS, DELETION_CHECK_INTERVAL_S = 6, 5.0
 RERUNNABLE_BATCH = ("Failed", "Stopped", "NoModel")
 
@@ -210,6 +212,8 @@ class ControlPlane:
             return on_dataset_published(state, event, *self._dataset_facts(event.name))
         if isinstance(event, BatchRequested):
             return on_batch_requested(state, event, self.config.layout.batches)
+        if isinstance(event, ReconcileTick):
+            return on_reconcile_tick(state)
         if event.kind == "tuning":
             best = None
             run = state.run_for("tuning", event.name)

@@ -48,6 +48,7 @@ SAGEMAKER_DETAIL_TYPES = {
     "SageMaker Endpoint State Change": ("endpoint", "EndpointName", "EndpointStatus"),
 }
 S3_OBJECT_CREATED = "Object Created"
+SCHEDULED = "Scheduled Event"       # EventBridge's rate rule (the reconciliation tick), source aws.events
 _UPPER_SNAKE = re.compile(r"[A-Z0-9]+(_[A-Z0-9]+)*")
 
 
@@ -109,8 +110,19 @@ class JobStateChanged:
         return f"{self.kind}:{self.name}:{self.status}"
 
 
+@dataclass(frozen=True)
+class ReconcileTick:
+    """The scheduled tick: look again at what waits on SageMaker without an event to come (an endpoint
+    being deleted sends none when it is gone). Ticks are not remembered: each one looks afresh."""
+    time: str
+
+    @property
+    def identity(self) -> str:
+        return f"tick:{self.time}"
+
+
 ObjectEvent = Union[DatasetPublished, BatchRequested, Ignored]
-Event = Union[DatasetPublished, BatchRequested, Ignored, JobStateChanged]
+Event = Union[DatasetPublished, BatchRequested, Ignored, JobStateChanged, ReconcileTick]
 
 
 def normalise_status(status) -> str:
@@ -256,12 +268,16 @@ def parse_sagemaker_event(event) -> JobStateChanged:
 
 
 def parse_event(event) -> List[Event]:
-    """Either source: S3 (both shapes) or a SageMaker state change; always a list."""
+    """Any source: S3 (both shapes), a SageMaker state change or the scheduled tick; always a list."""
     if isinstance(event, dict) and "detail-type" in event:
         detail_type = event["detail-type"]
         if isinstance(detail_type, str) and detail_type in SAGEMAKER_DETAIL_TYPES:
             return [parse_sagemaker_event(event)]
+        if detail_type == SCHEDULED:
+            if event.get("source") != "aws.events":
+                raise EventError(f"a {SCHEDULED!r} must come from source 'aws.events', not {event.get('source')!r}")
+            return [ReconcileTick(str(event.get("time") or ""))]
         if detail_type != S3_OBJECT_CREATED:
-            raise EventError(f"unknown detail-type {detail_type!r}: expected {S3_OBJECT_CREATED!r} or one of "
-                             f"{', '.join(sorted(SAGEMAKER_DETAIL_TYPES))}")
+            raise EventError(f"unknown detail-type {detail_type!r}: expected {S3_OBJECT_CREATED!r}, "
+                             f"{SCHEDULED!r} or one of {', '.join(sorted(SAGEMAKER_DETAIL_TYPES))}")
     return list(parse_s3_event(event))

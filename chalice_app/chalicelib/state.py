@@ -347,9 +347,22 @@ def on_endpoint_changed(state: PipelineState, event: JobStateChanged) -> Result:
             and event.changed_at is not None and event.changed_at < current.changed_at):
         return new, []                        # an older change delivered late
     new.endpoint = Endpoint(event.name, event.status, event.failure_reason, event.changed_at)
+    if event.status == "Failed" and new.deployed is not None and new.deployed.deployment != FAILED_TO_DEPLOY:
+        _record_failure(new.deployed, f"endpoint {event.name} failed: {event.failure_reason or 'no reason given'}")
     if event.status in RECONCILED_ON and new.deployed is not None:
         return new, [EnsureServing(new.deployed.dataset, new.deployed.marker)]
     return new, []
+
+
+def on_reconcile_tick(state: PipelineState) -> Result:
+    """The scheduled tick. A deployed model not yet serving (nor given up) -> EnsureServing: it
+    describes the endpoint and takes the next step, so a change whose event never comes (a deleted
+    endpoint sends none once it is gone; a lost delivery) is taken within one tick. Otherwise the
+    state as it is (nothing is saved)."""
+    deployed = state.deployed
+    if deployed is None or deployed.deployment in (SERVING, FAILED_TO_DEPLOY):
+        return state, []
+    return copy.deepcopy(state), [EnsureServing(deployed.dataset, deployed.marker)]
 
 
 def on_batch_requested(state: PipelineState, event: BatchRequested, batches_prefix: str = BATCHES_PREFIX) -> Result:
@@ -438,7 +451,7 @@ def endpoint_deleted(state: PipelineState, name: str, seen: EndpointSeen) -> Pip
     deployed model, and the endpoint is Deleting."""
     new = copy.deepcopy(state)
     reason = seen.failure_reason or (new.endpoint.failure_reason if new.endpoint else None) or "no reason given"
-    new.deployed.endpoint_failures.append(f"endpoint {name} failed: {reason}")
+    _record_failure(new.deployed, f"endpoint {name} failed: {reason}")
     new.deployed.waiting = f"endpoint {name} failed ({reason}): deleting it, to create it again"
     new.endpoint = _endpoint_now(new.endpoint, name, "Deleting", reason)
     return new
@@ -454,6 +467,14 @@ def endpoint_step_taken(state: PipelineState, name: str, step: str, seen: Option
     if deployed is None or deployed.deployment == FAILED_TO_DEPLOY:
         return new, []
     wanted = names.endpoint_config_name(deployed.dataset, deployed.marker)
+    if _rolled_back(seen, wanted):
+        _record_failure(deployed, f"update of endpoint {name} to {wanted} failed and was rolled back to "
+                                  f"{seen.config_name}: {seen.failure_reason}")
+    if (deployed.endpoint_failures and seen is not None and seen.config_name == wanted
+            and seen.status in ("Creating", "InService")):
+        # an attempt after the recorded failures is under way: counted even if the save that counted it
+        # lost a race (another delivery or a tick saved first, and this is the redone transition)
+        deployed.endpoint_attempts = max(deployed.endpoint_attempts, len(deployed.endpoint_failures) + 1)
     if refused is not None:
         deployed.waiting = f"{step} of endpoint {name} to {wanted} deferred until it is InService: {refused}"
         return new, [Record(deployed.waiting)]
@@ -463,16 +484,34 @@ def endpoint_step_taken(state: PipelineState, name: str, step: str, seen: Option
         new.endpoint = _endpoint_now(new.endpoint, name, "Creating" if step == CREATE else "Updating")
     elif step == WAIT:
         deployed.waiting = f"endpoint {name} is {seen.status}: {wanted} is deployed once it is InService"
+        new.endpoint = _endpoint_now(new.endpoint, name, seen.status, seen.failure_reason)
     elif step == NOTHING:
         deployed.deployment, deployed.waiting = SERVING, None
+        new.endpoint = _endpoint_now(new.endpoint, name, seen.status)   # its event may never have come
     elif step == GIVE_UP:
         deployed.deployment, deployed.waiting = FAILED_TO_DEPLOY, None
         failures = "; ".join(deployed.endpoint_failures) or "no failure recorded"
+        still = (f"; endpoint {name} still serves {seen.config_name}" if seen is not None and seen.config_name
+                 else "")
         reason = (f"model {deployed.model_name} not deployed: the endpoint failed after "
-                  f"{deployed.endpoint_attempts} attempts ({failures}); publish a dataset again to deploy another")
+                  f"{deployed.endpoint_attempts} attempts ({failures}){still}; publish a dataset again to "
+                  f"deploy another")
         deployed.endpoint_failures.append(reason)
         return new, [Record(reason)]
     return new, []
+
+
+def _rolled_back(seen: Optional[EndpointSeen], wanted: str) -> bool:
+    """Is ``seen`` an update SageMaker rolled back (InService on another config, with a FailureReason)?"""
+    return (seen is not None and seen.status == "InService" and seen.config_name != wanted
+            and bool(seen.failure_reason))
+
+
+def _record_failure(deployed: DeployedModel, failure: str) -> None:
+    """Record an endpoint failure of ``deployed``: one per attempt at most, since the same failure is
+    seen by its event, by the describe before its deletion and by ticks and redeliveries."""
+    if len(deployed.endpoint_failures) < deployed.endpoint_attempts:
+        deployed.endpoint_failures.append(failure)
 
 
 def _endpoint_now(current: Optional[Endpoint], name: str, status: str,
