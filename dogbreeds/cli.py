@@ -216,8 +216,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help=f"the gate's test-accuracy floor (default {QualityGate().accuracy_floor})")
     up.add_argument("--seed", type=int, help="the tuner's seed (default: none, a new choice each time)")
     up.add_argument("--fail-endpoint-once", nargs="?", const=DEFAULT_FAULT_REASON, metavar="REASON",
-                    help="make the endpoint's next create or update end Failed (with REASON), as SageMaker's does "
-                         "without capacity or with a bad image: to watch the pipeline recover")
+                    help="make the endpoint's next create end Failed, or its next update fail and roll back (with "
+                         "REASON), as SageMaker's do without capacity or with a bad image: to watch the pipeline "
+                         "recover")
     up.add_argument("--poll", type=float, default=1.0, help=argparse.SUPPRESS)
     up.set_defaults(run=cmd_up)
 

@@ -6,7 +6,9 @@
   when a ``/_READY`` marker is written (the EventBridge rule on AWS filters on the same suffix);
 - the Docker-free SageMaker (``localaws.sagemaker.LocalSageMaker``) with its SageMaker Runtime;
 - the event bus (``localaws.eventbus.EventBus``) delivering S3 and SageMaker events, at least
-  once, to the Chalice app's own ``on_bucket_event`` and ``on_sagemaker_event`` handlers;
+  once, to the Chalice app's own ``on_bucket_event`` and ``on_sagemaker_event`` handlers, and a
+  ticker sending its ``reconcile`` handler the scheduled event every ``reconcile_seconds`` (on AWS an
+  EventBridge rate rule, every few minutes; here seconds, as everything local is quicker);
 - the Chalice app's routes (``/predict``, ``/status``, ``/batch``) on 127.0.0.1;
 - the training code package, built from this checkout and uploaded as on AWS.
 
@@ -22,6 +24,8 @@ import json
 import logging
 import os
 import threading
+import time
+import uuid
 from pathlib import Path
 from typing import Optional
 
@@ -37,6 +41,7 @@ BUCKET = "dogbreeds-local"
 ROLE_ARN = "arn:aws:iam::000000000000:role/dogbreeds-local"
 REGION = "us-east-1"     # nominal: nothing leaves this machine, but the control plane validates a region
 READY_SUFFIX = "/_READY"
+RECONCILE_SECONDS = 2.0
 
 
 def local_config(profile: str = "default", bucket: str = BUCKET, **overrides) -> PipelineConfig:
@@ -79,22 +84,38 @@ class NotifyingS3:
         return response
 
 
+def _eventbridge(detail_type: str, source: str, resources: list, detail: dict) -> dict:
+    """An EventBridge event as the control plane's handlers receive it on AWS."""
+    return {"version": "0", "id": str(uuid.uuid4()), "detail-type": detail_type, "source": source,
+            "account": "000000000000", "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "region": REGION, "resources": resources, "detail": detail}
+
+
 def object_created_event(bucket: str, key: str, etag: str) -> dict:
     """The event S3 sends to EventBridge for a new object (the fields the control plane reads)."""
-    import time
-    import uuid
-    return {"version": "0", "id": str(uuid.uuid4()), "detail-type": "Object Created", "source": "aws.s3",
-            "account": "000000000000", "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "region": REGION, "resources": [f"arn:aws:s3:::{bucket}"],
-            "detail": {"version": "0", "bucket": {"name": bucket},
-                       "object": {"key": key, "etag": etag.strip('"'), "sequencer": f"{time.time_ns():020X}"},
-                       "reason": "PutObject"}}
+    return _eventbridge("Object Created", "aws.s3", [f"arn:aws:s3:::{bucket}"],
+                        {"version": "0", "bucket": {"name": bucket},
+                         "object": {"key": key, "etag": etag.strip('"'), "sequencer": f"{time.time_ns():020X}"},
+                         "reason": "PutObject"})
+
+
+def scheduled_event() -> dict:
+    """What EventBridge's rate rule sends the ``reconcile`` handler."""
+    return _eventbridge("Scheduled Event", "aws.events",
+                        [f"arn:aws:events:{REGION}:000000000000:rule/dogbreeds-local-reconcile"], {})
+
+
+HANDLERS = {"aws.s3": "on_bucket_event", "aws.sagemaker": "on_sagemaker_event", "aws.events": "reconcile"}
 
 
 class LocalStack:
     def __init__(self, data_dir: Path, config: Optional[PipelineConfig] = None, api_port: int = 0,
-                 cores: Optional[int] = None, serve_api: bool = True, fail_endpoint_once: Optional[str] = None):
+                 cores: Optional[int] = None, serve_api: bool = True, fail_endpoint_once: Optional[str] = None,
+                 reconcile_seconds: float = RECONCILE_SECONDS):
         self.data_dir = Path(data_dir).resolve()
+        self.reconcile_seconds = reconcile_seconds
+        self._stopping = threading.Event()
+        self._ticker: Optional[threading.Thread] = None
         self.fail_endpoint_once = fail_endpoint_once
         self.config = config or local_config()
         self.api_port = api_port
@@ -137,6 +158,9 @@ class LocalStack:
         if self.fail_endpoint_once:
             self.sagemaker.fail_next_endpoint_change(self.endpoint_name, self.fail_endpoint_once)
         self.bus.start()
+        self._stopping.clear()
+        self._ticker = threading.Thread(target=self._tick, name="reconcile", daemon=True)
+        self._ticker.start()
         if self._api_server is not None:
             self._api_thread = threading.Thread(target=self._api_server.server.serve_forever, name="api",
                                                 daemon=True)
@@ -171,8 +195,16 @@ class LocalStack:
 
     def _deliver(self, event: dict) -> None:
         from chalice.local import LambdaContext
-        handler = "on_bucket_event" if event.get("source") == "aws.s3" else "on_sagemaker_event"
+        handler = HANDLERS[event.get("source")]
         self.app_module.app.handler_map[handler](event, LambdaContext(handler, 512))
+
+    def _tick(self) -> None:
+        """The rate rule's events, delivered as EventBridge would (a failed tick is Lambda's logged error)."""
+        while not self._stopping.wait(self.reconcile_seconds):
+            try:
+                self._deliver(scheduled_event())
+            except Exception:
+                log.exception("the reconciliation tick failed; the next one tries again")
 
     def stop(self) -> None:
         if self._api_server is not None:
@@ -182,6 +214,10 @@ class LocalStack:
                 self._api_thread = None
             self._api_server.server.server_close()
             self._api_server = None
+        self._stopping.set()
+        if self._ticker is not None:
+            self._ticker.join(30)
+            self._ticker = None
         self.bus.stop()
         self.sagemaker.close()
         self.app_module.use_control_plane(None)

@@ -373,6 +373,14 @@ def add_models(local, *names, archive=None):
              "InitialInstanceCount": 1}])
 
 
+def gone(local, endpoint="ep") -> bool:
+    try:
+        local.sagemaker.describe_endpoint(EndpointName=endpoint)
+    except ClientError:
+        return True
+    return False
+
+
 def status_of(local, endpoint="ep"):
     return local.sagemaker.describe_endpoint(EndpointName=endpoint)["EndpointStatus"]
 
@@ -472,18 +480,39 @@ def test_a_create_made_to_fail_leaves_only_delete_then_a_new_create_serves(hosti
         "ValidationException", 400, f'Cannot create already existing endpoint "{arn}".')
     assert status_of(hosting) == "Failed"           # the refusals changed nothing
     hosting.sagemaker.delete_endpoint(EndpointName="ep")
+    assert status_of(hosting) == "Deleting"         # for a while, during which the name is still taken
+    assert refusal(hosting.sagemaker.create_endpoint, EndpointName="ep", EndpointConfigName="m2-config") == (
+        "ValidationException", 400, f'Cannot create already existing endpoint "{arn}".')
+    wait_for(lambda: gone(hosting), 10, "the deletion to end")
     assert refusal(hosting.sagemaker.describe_endpoint, EndpointName="ep") == (
         "ValidationException", 400, f'Could not find endpoint "{arn}".')
+    assert endpoint_statuses(hosting) == ["Creating", "Failed", "Deleting"]     # no event when it is gone
     hosting.sagemaker.create_endpoint(EndpointName="ep", EndpointConfigName="m2-config")     # the failure was once
     wait_for_status(hosting, "InService")
     assert served_model(hosting) == "m2"
-    assert endpoint_statuses(hosting) == ["Creating", "Failed", "Creating", "InService"]
+    assert endpoint_statuses(hosting) == ["Creating", "Failed", "Deleting", "Creating", "InService"]
 
 
-def test_an_update_made_to_fail_ends_failed_with_the_reason(hosting):
+def test_an_update_made_to_fail_is_rolled_back_and_the_old_model_keeps_serving(hosting):
     hosting.sagemaker.create_endpoint(EndpointName="ep", EndpointConfigName="m1-config")
     wait_for_status(hosting, "InService")
     hosting.sagemaker.fail_next_endpoint_change("ep", "the image did not start")
+    hosting.sagemaker.update_endpoint(EndpointName="ep", EndpointConfigName="m2-config")
+    wait_for(lambda: endpoint_statuses(hosting)[-2:] == ["Updating", "InService"], 10, "the roll-back")
+    described = hosting.sagemaker.describe_endpoint(EndpointName="ep")
+    assert (described["EndpointStatus"], described["EndpointConfigName"], described["FailureReason"]) == (
+        "InService", "m1-config", "the image did not start")
+    assert hosting.events[-1]["detail"]["FailureReason"] == "the image did not start"
+    assert served_model(hosting) == "m1"
+    hosting.sagemaker.update_endpoint(EndpointName="ep", EndpointConfigName="m2-config")     # accepted: InService
+    wait_for(lambda: served_model(hosting) == "m2", 10, "the second update")
+    assert hosting.sagemaker.describe_endpoint(EndpointName="ep").get("FailureReason") is None
+
+
+def test_an_update_made_to_fail_without_roll_back_ends_failed_with_the_reason(hosting):
+    hosting.sagemaker.create_endpoint(EndpointName="ep", EndpointConfigName="m1-config")
+    wait_for_status(hosting, "InService")
+    hosting.sagemaker.fail_next_endpoint_change("ep", "the image did not start", rollback=False)
     hosting.sagemaker.update_endpoint(EndpointName="ep", EndpointConfigName="m2-config")
     wait_for_status(hosting, "Failed")
     assert hosting.sagemaker.describe_endpoint(EndpointName="ep")["FailureReason"] == "the image did not start"
@@ -491,6 +520,7 @@ def test_an_update_made_to_fail_ends_failed_with_the_reason(hosting):
     assert refusal(hosting.sagemaker.update_endpoint, EndpointName="ep", EndpointConfigName="m2-config")[0] == (
         "ValidationException")
     hosting.sagemaker.delete_endpoint(EndpointName="ep")
+    wait_for(lambda: gone(hosting), 10, "the deletion to end")
     hosting.sagemaker.create_endpoint(EndpointName="ep", EndpointConfigName="m2-config")
     wait_for_status(hosting, "InService")
     assert served_model(hosting) == "m2"
@@ -501,7 +531,7 @@ def test_an_endpoint_deleted_while_creating_is_not_brought_back_by_its_change(ho
     hosting.sagemaker.delete_endpoint(EndpointName="ep")
     assert hosting.sagemaker.wait_idle(10)
     assert refusal(hosting.sagemaker.describe_endpoint, EndpointName="ep")[0] == "ValidationException"
-    assert endpoint_statuses(hosting) == ["Creating"]
+    assert endpoint_statuses(hosting) == ["Creating", "Deleting"]
 
 
 def model_archive(inference_py=None) -> bytes:

@@ -9,16 +9,20 @@ An endpoint changes as on SageMaker, and refuses what SageMaker refuses:
   at least ``change_seconds`` (SageMaker takes minutes), then loads and warms the model up (a new
   server, or ``swap`` on the running one), and only then is the endpoint ``InService``. Each status
   change emits its State Change event. While ``Updating``, the old model keeps serving.
-- A model that cannot be loaded (no ``code/inference.py``, a handler that raises) ends the change
+- A model that cannot be loaded (no ``code/inference.py``, a handler that raises) ends a create
   ``Failed`` with the error as ``FailureReason``; so does a failure armed with ``fail_next_change``
   (the stand-in for no capacity or a bad image), for the next create or update of that endpoint.
+- A failed update is rolled back, as SageMaker's default (blue/green) update does: the endpoint is
+  ``InService`` again on its previous config, the old model still serving, with the ``FailureReason``.
+  ``fail_next_change(..., rollback=False)`` makes the update end ``Failed`` instead, which the
+  documentation allows too ("could not be created, updated, or re-scaled") and which is the harder case.
 - ``UpdateEndpoint`` is refused (``ValidationException``) unless the endpoint is ``InService``;
   ``CreateEndpoint`` of an existing name is refused (``ValidationException``, "Cannot create already
-  existing endpoint"), whatever its status. On a ``Failed`` endpoint only ``DeleteEndpoint`` (and
-  ``DescribeEndpoint``) works. ``DeleteEndpoint`` is immediate here (SageMaker passes ``Deleting``).
-
-Not copied from SageMaker: a failed update there rolls back to the old configuration (``InService``
-with a ``FailureReason``); here it ends ``Failed``, the harder case for the control plane.
+  existing endpoint"), whatever its status, ``Deleting`` included. On a ``Failed`` endpoint only
+  ``DeleteEndpoint`` (and ``DescribeEndpoint``) works.
+- ``DeleteEndpoint`` stops the server at once and leaves the endpoint ``Deleting`` (with its event) for
+  ``change_seconds``; then it is gone, with no event, as on SageMaker, where nothing announces the end
+  of a deletion (the control plane's reconciliation tick notices).
 """
 
 from __future__ import annotations
@@ -103,29 +107,44 @@ class Endpoints:
         return {"EndpointArn": current["EndpointArn"]}
 
     def delete_endpoint(self, name: str) -> dict:
-        """DeleteEndpoint, in any status: the record goes and the server stops; a change still
-        running for it ends without effect."""
+        """DeleteEndpoint, in any status: the server stops now, the endpoint is ``Deleting`` and gone
+        after ``change_seconds`` (no event then); a create or update still running ends without effect."""
         with self.records.lock:
             self.resources.describe("endpoint", name, "DeleteEndpoint")
             server = self._servers.pop(name, None)
-            self.records.path("endpoint", name).unlink()
+            change = uuid.uuid4().hex
+            record = self.resources.set_status("endpoint", name, "Deleting", emit=False, _Change=change,
+                                               _Url=None)
         if server is not None:
             server.stop()
+        self.resources.emit("endpoint", record)
+        self.threads.start(self._forget, name, change, name=f"endpoint-{name}-delete")
         return {}
 
-    def fail_next_change(self, name: str, reason: str = DEFAULT_FAULT_REASON) -> None:
-        """Arm a failure: the next CreateEndpoint or UpdateEndpoint of endpoint ``name`` (which need not
-        exist yet) ends ``Failed`` with ``FailureReason`` ``reason``, after the usual wait, without
-        loading the model. Kept on disk (``<data_dir>/sagemaker/endpoint-fault/``) until used."""
-        self.records.put(FAULT_KIND, name, {"EndpointName": name, "FailureReason": reason})
+    def _forget(self, endpoint: str, change: str) -> None:
+        """The end of a deletion: the record goes (unless the runtime is closing: ``recover`` ends it)."""
+        if self.threads.stopping.wait(self.change_seconds):
+            return
+        with self.records.lock:
+            current = self.records.get("endpoint", endpoint)
+            if current is not None and current.get("_Change") == change:
+                self.records.path("endpoint", endpoint).unlink()
 
-    def _take_fault(self, name: str) -> Optional[str]:
-        """The reason of the failure armed for ``name``, disarmed; None when none is armed."""
+    def fail_next_change(self, name: str, reason: str = DEFAULT_FAULT_REASON, rollback: bool = True) -> None:
+        """Arm a failure: the next CreateEndpoint or UpdateEndpoint of endpoint ``name`` (which need not
+        exist yet) fails with ``FailureReason`` ``reason``, after the usual wait, without loading the
+        model: a create ends ``Failed``; an update is rolled back (``InService`` on the old config) or,
+        with ``rollback=False``, ends ``Failed``. Kept on disk (``<data_dir>/sagemaker/endpoint-fault/``)
+        until used."""
+        self.records.put(FAULT_KIND, name, {"EndpointName": name, "FailureReason": reason, "Rollback": rollback})
+
+    def _take_fault(self, name: str) -> Optional[dict]:
+        """The failure armed for ``name`` (``FailureReason``, ``Rollback``), disarmed; None when none is."""
         fault = self.records.get(FAULT_KIND, name)
         if fault is None:
             return None
         self.records.path(FAULT_KIND, name).unlink()
-        return fault["FailureReason"]
+        return fault
 
     def model_dir(self, model_name: str) -> Path:
         """The model's ``model.tar.gz``, unpacked under ``models_dir`` (once)."""
@@ -138,15 +157,21 @@ class Endpoints:
             (target / ".complete").touch()
         return target
 
-    def _start_change(self, endpoint: str, config_name: str, change: str, fault: Optional[str]) -> None:
+    def _start_change(self, endpoint: str, config_name: str, change: str, fault: Optional[dict]) -> None:
         self.threads.start(self._change, endpoint, config_name, change, fault, name=f"endpoint-{endpoint}")
 
-    def _change(self, endpoint: str, config_name: str, change: str, fault: Optional[str]) -> None:
-        """The thread of one create or update: wait, load (or fail as armed), then InService or Failed."""
+    def _change(self, endpoint: str, config_name: str, change: str, fault: Optional[dict]) -> None:
+        """The thread of one create or update: wait, load (or fail as armed), then InService or Failed
+        (a failed update rolled back: InService on the config it had, the old model serving)."""
         if self.threads.stopping.wait(self.change_seconds):
             return    # the runtime is closing: recover() restarts the endpoint next time
         if fault is not None:
-            self._finish(endpoint, change, "Failed", FailureReason=fault)
+            with self.records.lock:
+                updating = self._servers.get(endpoint) is not None
+            if updating and fault.get("Rollback", True):
+                self._finish(endpoint, change, "InService", FailureReason=fault["FailureReason"])
+            else:
+                self._finish(endpoint, change, "Failed", FailureReason=fault["FailureReason"])
             return
         server = None
         try:
@@ -192,6 +217,9 @@ class Endpoints:
         """After a restart: endpoints that were serving (or about to) start serving again."""
         notes = []
         for record in self.records.all("endpoint"):
+            if record["EndpointStatus"] == "Deleting":     # its deletion ends now
+                self.records.path("endpoint", record["EndpointName"]).unlink()
+                continue
             if record["EndpointStatus"] in ("InService", "Updating", "Creating"):
                 name, change = record["EndpointName"], uuid.uuid4().hex
                 self.resources.set_status("endpoint", name, "Creating", emit=False, _Change=change)

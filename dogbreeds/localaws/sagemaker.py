@@ -114,11 +114,13 @@ class LocalSageMaker:
     def delete_endpoint(self, EndpointName: str) -> dict:
         return self.endpoints.delete_endpoint(EndpointName)
 
-    def fail_next_endpoint_change(self, endpoint: str, reason: str = DEFAULT_FAULT_REASON) -> None:
-        """Make the next CreateEndpoint or UpdateEndpoint of ``endpoint`` end ``Failed`` with
-        ``FailureReason`` ``reason`` (and a Failed event), as SageMaker's does when it finds no capacity
-        or the image does not start: for tests, and for trying the control plane's recovery by hand."""
-        self.endpoints.fail_next_change(endpoint, reason)
+    def fail_next_endpoint_change(self, endpoint: str, reason: str = DEFAULT_FAULT_REASON,
+                                  rollback: bool = True) -> None:
+        """Make the next CreateEndpoint or UpdateEndpoint of ``endpoint`` fail with ``FailureReason``
+        ``reason``, as SageMaker's does when it finds no capacity or the image does not start: a create
+        ends ``Failed``; an update is rolled back to the old config (``rollback=False``: ends ``Failed``).
+        For tests, and for trying the control plane's recovery by hand."""
+        self.endpoints.fail_next_change(endpoint, reason, rollback)
 
     def endpoint_url(self, endpoint: str) -> Optional[str]:
         """The URL of the endpoint's local server while it serves, else None."""
