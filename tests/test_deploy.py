@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib.metadata
 import io
 import json
 import os
@@ -27,7 +28,7 @@ from chalicelib import names
 from chalicelib import sagemaker_requests as requests
 from chalicelib.config import BucketLayout, ConfigError, PipelineConfig
 from chalicelib.control import SOURCE_POINTER
-from deploy import CHALICE_DIR, REPO_ROOT, configure, iam, lambda_package, package_source
+from deploy import CHALICE_DIR, REPO_ROOT, configure, iam, lambda_package, lambda_runtime, package_source
 
 ACCOUNT = ROLE_ARN.split(":")[4]
 STATE_KEY = BucketLayout().state_key
@@ -493,6 +494,9 @@ def test_configure_writes_a_chalice_config_whose_environment_the_control_plane_a
     assert (chalice.app_name, chalice.autogen_policy, chalice.iam_policy_file) == ("dogbreeds", False, "policy-dev.json")
     assert (chalice.lambda_timeout, chalice.lambda_memory_size, chalice.xray_enabled) == (60, 512, True)
     assert chalice.api_gateway_stage == "api"
+    # Powertools and the X-Ray SDK come from the AWS-managed layer of the stage's region, for the pinned runtime
+    assert chalice.layers == ["arn:aws:lambda:eu-west-1:017000801446:layer:AWSLambdaPowertoolsPythonV3-python311-x86_64:40"]
+    assert (chalice.lambda_architecture, chalice.lambda_python_version) == ("x86_64", "python3.11")
     env = chalice.environment_variables
     assert env["POWERTOOLS_SERVICE_NAME"] == "dogbreeds"
     pipeline = PipelineConfig.from_env(env)
@@ -515,7 +519,58 @@ def test_configure_refuses_a_configuration_the_lambda_would_refuse(tmp_path):
         configure.configure(BUCKET, ROLE_ARN, REGION, settings={"DOGBREED_SERVERLESS": "true"}, chalice_dir=tmp_path)
     with pytest.raises(ValueError, match="not an IAM role ARN"):
         configure.configure(BUCKET, "dogbreeds-sagemaker", REGION, chalice_dir=tmp_path)
+    with pytest.raises(ValueError, match="cn-north-1: outside the commercial partition"):
+        configure.configure(BUCKET, ROLE_ARN, "cn-north-1", chalice_dir=tmp_path)
     assert not (tmp_path / ".chalice").exists()                              # nothing written
+
+
+def test_configure_refuses_to_configure_for_another_python_than_the_pinned_runtime(tmp_path, monkeypatch, capsys):
+    """chalice deploys to the Python it runs under, and the layer is built per Python version."""
+    monkeypatch.setattr(lambda_runtime, "chalice_python_version", lambda: "3.12")
+    assert configure.main(["--bucket", BUCKET, "--role-arn", ROLE_ARN, "--region", REGION,
+                           "--chalice-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "not written: chalice deploys to the Python it runs under: python3.12 here" in err
+    assert "pinned to python3.11" in err and "Python 3.11 venv" in err
+    assert not (tmp_path / ".chalice").exists()
+
+
+# --- the runtime and the Powertools layer ---------------------------------------------------------------
+
+def test_the_layer_arn_names_the_region_python_and_architecture():
+    assert (lambda_runtime.powertools_layer_arn("ap-southeast-2", "3.13", "arm64")
+            == "arn:aws:lambda:ap-southeast-2:017000801446:layer:AWSLambdaPowertoolsPythonV3-python313-arm64:40")
+    assert (lambda_runtime.powertools_layer_arn("us-east-1")
+            == "arn:aws:lambda:us-east-1:017000801446:layer:AWSLambdaPowertoolsPythonV3-python311-x86_64:40")
+    assert (lambda_runtime.powertools_layer_parameter("3.12", "arm64")
+            == "/aws/service/powertools/python/arm64/python3.12/3.37.0")
+    for region, problem in (("us-gov-west-1", "outside the commercial partition"), ("eu-west", "not an AWS region"),
+                            ("cn-northwest-1", "another account")):
+        with pytest.raises(ValueError, match=problem):
+            lambda_runtime.powertools_layer_arn(region)
+    with pytest.raises(ValueError, match="no V3 layer for Python 3.9"):
+        lambda_runtime.powertools_layer_arn("eu-west-1", "3.9")
+    with pytest.raises(ValueError, match="architecture 'aarch64'"):
+        lambda_runtime.powertools_layer_arn("eu-west-1", architecture="aarch64")
+    with pytest.raises(ValueError, match="no layer version is known for Powertools 3.36.0.*"
+                                         "/aws/service/powertools/python/x86_64/python3.11/3.36.0"):
+        lambda_runtime.powertools_layer_arn("eu-west-1", powertools_version="3.36.0")
+
+
+def test_the_pinned_layer_is_the_one_of_the_powertools_the_tests_run_against():
+    installed = importlib.metadata.version("aws-lambda-powertools")
+    assert lambda_runtime.POWERTOOLS_VERSION == installed and installed in lambda_runtime.POWERTOOLS_LAYER_VERSIONS
+    pins = (REPO_ROOT / "requirements" / "control-plane.txt").read_text()
+    assert f"aws-lambda-powertools[tracer]=={installed}" in pins
+    assert lambda_runtime.LAMBDA_PYTHON == "{}.{}".format(*sys.version_info[:2])        # the venv's Python
+
+
+def test_the_python_version_is_the_one_chalice_deploys_to():
+    from chalice.config import Config
+    assert "python" + lambda_runtime.chalice_python_version() == Config.create().lambda_python_version
+    assert lambda_runtime.chalice_python_version((3, 9)) == "3.10"
+    assert lambda_runtime.chalice_python_version((3, 12)) == "3.12"
+    assert lambda_runtime.chalice_python_version((3, 16)) == "3.15"
 
 
 def test_generated_files_are_ignored_by_git():
@@ -560,13 +615,6 @@ def test_the_limits_and_their_margins():
     too_big = lambda_package.Measurement(zipped=52_428_801, unzipped=262_144_000, files=1, by_entry=(), forbidden=())
     assert not too_big.ok and too_big.unzipped_margin == 0
     assert "OVER by 0.00 MB" in lambda_package.report(too_big)[0] and "margin 0.00 MB" in lambda_package.report(too_big)[1]
-
-
-def test_the_python_version_is_the_one_chalice_deploys_to():
-    from chalice.config import Config
-    assert "python" + lambda_package.lambda_python_version() == Config.create().lambda_python_version
-    assert lambda_package.lambda_python_version((3, 9)) == "3.10"
-    assert lambda_package.lambda_python_version((3, 12)) == "3.12"
 
 
 def test_a_package_pip_cannot_fetch_is_named_with_the_reason():
