@@ -3,11 +3,12 @@
 - ``python -m deploy.configure``: ``chalice_app/.chalice/config.json`` and the IAM policy files;
 - ``python -m deploy.package_source``: the training ``sourcedir.tar.gz``, uploaded once per content;
 - ``python -m deploy.lambda_package``: stages ``batch/`` into ``chalice_app/vendor/`` for ``chalice deploy``,
-  builds the Lambda zip (``app.py``, ``chalicelib/``, ``batch/`` and the requirements) and reports its
-  size against Lambda's limits.
+  builds the Lambda zip (only our code: ``app.py``, ``chalicelib/``, ``batch/``) and reports its size
+  and the cold import time of ``app``.
 
-``deploy.iam`` holds the least-privilege policy documents. These modules run on a developer's machine,
-never on Lambda; they import the control plane's ``chalicelib`` (configuration, bucket layout, names)
+``deploy.iam`` holds the least-privilege policy documents; ``deploy.lambda_runtime`` what the Lambda
+provides beside our package (the pinned Python runtime with boto3, the Powertools layer). These modules
+run on a developer's machine, never on Lambda; they import the control plane's ``chalicelib`` (configuration, bucket layout, names)
 so that the deployed permissions and packages follow the code that uses them.
 """
 

@@ -6,14 +6,16 @@
 writes, in ``chalice_app/.chalice/`` (git ignores them: they name your account):
 
 - ``config.json``: app ``dogbreeds``, our own policy (``autogen_policy: false``), 60 s / 512 MB
-  functions, X-Ray on, and the stage's ``DOGBREEDS_*`` environment. Other stages already in the file
-  are kept;
+  functions, X-Ray on, and the stage's ``DOGBREEDS_*`` environment, architecture and layer: the
+  AWS-managed Powertools layer of the region for the pinned runtime (``deploy.lambda_runtime``), so
+  that the package holds only our code. Other stages already in the file are kept;
 - ``policy-<stage>.json``: the Lambda's least-privilege policy (``deploy.iam.lambda_policy``);
 - ``sagemaker-role-trust.json`` and ``sagemaker-role-policy-<stage>.json``: the jobs' execution role;
 
 and prints the commands to run once: create that role, turn on the bucket's EventBridge notifications,
 upload the training code, deploy. The environment is checked with ``PipelineConfig.from_env`` first,
-exactly as the Lambda will read it, so a bad value fails here and not in the first event.
+exactly as the Lambda will read it, so a bad value fails here and not in the first event; so is the
+Python that ``chalice deploy`` will pick (the interpreter's), against the pinned runtime.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 from chalicelib.config import ENV_VARIABLES, PipelineConfig
-from deploy import CHALICE_DIR, iam
+from deploy import CHALICE_DIR, iam, lambda_runtime
 
 LAMBDA_TIMEOUT_SECONDS = 60
 LAMBDA_MEMORY_MB = 512
@@ -64,14 +66,18 @@ def environment(bucket: str, role_arn: str, region: str, endpoint_name: Optional
 
 
 def chalice_config(existing: Optional[dict], stage: str, env: Dict[str, str]) -> dict:
-    """``existing`` (or an empty configuration) with this app's settings and ``stage``'s section."""
+    """``existing`` (or an empty configuration) with this app's settings and ``stage``'s section, whose
+    layer is the Powertools layer of ``env``'s ``DOGBREEDS_REGION``."""
     config = dict(existing or {})
     config.update({"version": "2.0", "app_name": iam.APP_NAME, "autogen_policy": False,
                    "lambda_timeout": LAMBDA_TIMEOUT_SECONDS, "lambda_memory_size": LAMBDA_MEMORY_MB,
                    "xray": True})
     stages = dict(config.get("stages") or {})
+    # The layer brings Powertools and the X-Ray SDK; the runtime brings boto3 (deploy.lambda_runtime).
     stages[stage] = {"api_gateway_stage": API_GATEWAY_STAGE, "autogen_policy": False,
-                     "iam_policy_file": policy_file_name(stage), "environment_variables": dict(env)}
+                     "iam_policy_file": policy_file_name(stage), "environment_variables": dict(env),
+                     "lambda_architecture": lambda_runtime.ARCHITECTURE,
+                     "layers": [lambda_runtime.powertools_layer_arn(env["DOGBREEDS_REGION"])]}
     config["stages"] = stages
     return config
 
@@ -99,6 +105,7 @@ def configure(bucket: str, role_arn: str, region: str, stage: str = "dev", endpo
     """Check the configuration, write the four files; return their paths by role."""
     if not re.fullmatch(r"[A-Za-z0-9_]+", stage):
         raise ValueError(f"stage {stage!r}: letters, digits and underscores only (it names functions and files)")
+    lambda_runtime.check_runtime(lambda_runtime.chalice_python_version())
     role = parse_role_arn(role_arn)
     env = environment(bucket, role_arn, region, endpoint_name, settings)
     pipeline = PipelineConfig.from_env(env)          # ConfigError: the Lambda would refuse this too
