@@ -415,8 +415,9 @@ def destroy_plan(deployed: Deployed, delete_bucket: bool = False) -> Plan:
         changes.append(Change("delete", f"SageMaker endpoint config {name}", "made by the pipeline", "sagemaker",
                               "delete_endpoint_config", {"EndpointConfigName": name}))
     for name in models:
-        changes.append(Change("delete", f"SageMaker model {name}", f"made by the pipeline, runs as {deployed.role_name}",
-                              "sagemaker", "delete_model", {"ModelName": name}))
+        changes.append(Change("delete", f"SageMaker model {name}",
+                              f"made by the pipeline, runs as {deployed.role_name}", "sagemaker", "delete_model",
+                              {"ModelName": name}))
 
     resources = _chalice_resources(deployed.app or {})
     if resources:

@@ -19,8 +19,8 @@ from typing import Callable, Dict, List, Optional, Tuple
 from chalicelib.config import PipelineConfig
 from chalicelib.control import error_code, not_found, read_json_object
 from deploy import REPO_ROOT, iam, package_source
-from deploy.changes import (APP_DIGEST_TAG, App, Bucket, Current, Deployed, DeployError, Endpoint, EndpointConfig, Model, Plan, Role,
-                            Source, Wanted, role_arn)
+from deploy.changes import (APP_DIGEST_TAG, App, Bucket, Current, Deployed, DeployError, Endpoint, EndpointConfig,
+                            Model, Plan, Role, Source, Wanted, role_arn)
 from deploy.control_plane import AppConfiguration, StageApp, api_url, functions, rest_api_id
 
 MODEL_PREFIX, ENDPOINT_CONFIG_PREFIX = iam.MODEL[1], iam.ENDPOINT_CONFIG[1]   # chalicelib.names

@@ -123,7 +123,8 @@ class ApiGateway:
             api["patches"].append(params["patchOperations"])
             return self._reply(200, self._shown(params["restApiId"]))
         if operation == "CreateDeployment":
-            api["deployments"].append({"stageName": params.get("stageName"), "tracingEnabled": params.get("tracingEnabled")})
+            api["deployments"].append({"stageName": params.get("stageName"),
+                                       "tracingEnabled": params.get("tracingEnabled")})
             return self._reply(201, {"id": f"dep{len(api['deployments'])}"})
         if operation == "DeleteRestApi":
             del self.apis[params["restApiId"]]
