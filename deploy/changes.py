@@ -36,6 +36,10 @@ CREATED_BUCKET, ADDED_EVENTBRIDGE = "bucket", "eventbridge"
 PIPELINE_TAG = "dogbreeds:stage"                 # chalicelib.sagemaker_requests.resource_tags
 EVENTBRIDGE = "EventBridgeConfiguration"
 DELETE_BATCH = 1000                              # the most keys one DeleteObjects takes
+# kind of job -> the AWS CLI command that stops one, and its name option
+STOP_JOB = {"tuning": ("stop-hyper-parameter-tuning-job", "--hyper-parameter-tuning-job-name"),
+            "training": ("stop-training-job", "--training-job-name"),
+            "transform": ("stop-transform-job", "--transform-job-name")}
 
 
 class DeployError(Exception):
@@ -374,6 +378,7 @@ class Deployed:
     role: Optional[Role]
     bucket: Optional[Bucket]
     objects: Tuple[Tuple[str, Optional[str]], ...] = ()   # (key, version id): listed only to delete the bucket
+    running_jobs: Tuple[Tuple[str, str], ...] = ()        # (kind, name) of the pipeline's jobs still InProgress
 
 
 def pipeline_models(deployed: Deployed) -> List[str]:
@@ -403,7 +408,8 @@ def destroy_plan(deployed: Deployed, delete_bucket: bool = False) -> Plan:
     """Everything destroy removes, in order: the endpoint first (it bills by the hour), the pipeline's
     endpoint configs and models, the Chalice app (Chalice's own delete), the execution role, then what
     deploy added to the bucket. The bucket and its data stay unless ``delete_bucket``, which only
-    removes a bucket deploy created. DeployError when ``delete_bucket`` names a bucket deploy did not create."""
+    removes a bucket deploy created; jobs still running are named with the command that stops them.
+    DeployError when ``delete_bucket`` names a bucket deploy did not create."""
     changes: List[Change] = []
     kept: List[str] = []
     endpoint = deployed.endpoint
@@ -435,6 +441,10 @@ def destroy_plan(deployed: Deployed, delete_bucket: bool = False) -> Plan:
         kept.append(f"IAM role {role.name}: not made by deploy for stage {deployed.stage}")
 
     changes += _bucket_teardown(deployed, delete_bucket, kept)
+    for kind, name in deployed.running_jobs:
+        command, option = STOP_JOB[kind]
+        kept.append(f"SageMaker {kind} job {name}: InProgress, billed until it ends (it cannot be deleted); "
+                    f"to stop it: aws sagemaker {command} {option} {name}")
     return Plan(tuple(changes), tuple(kept))
 
 

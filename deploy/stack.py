@@ -24,6 +24,13 @@ from deploy.changes import (APP_DIGEST_TAG, App, Bucket, Current, Deployed, Depl
 from deploy.control_plane import AppConfiguration, StageApp, api_url, functions, rest_api_id
 
 MODEL_PREFIX, ENDPOINT_CONFIG_PREFIX = iam.MODEL[1], iam.ENDPOINT_CONFIG[1]   # chalicelib.names
+# The pipeline's jobs that may still run: (kind, list operation, result key, name key, name prefix).
+RUNNING_JOBS = (
+    ("tuning", "list_hyper_parameter_tuning_jobs", "HyperParameterTuningJobSummaries", "HyperParameterTuningJobName",
+     iam.TUNING_JOB[1]),
+    ("training", "list_training_jobs", "TrainingJobSummaries", "TrainingJobName", iam.TRAINING_JOB[1]),
+    ("transform", "list_transform_jobs", "TransformJobSummaries", "TransformJobName", iam.TRANSFORM_JOB[1]),
+)
 
 
 class Aws:
@@ -217,10 +224,15 @@ def describe_deployed(aws: Aws, *, stage: str, bucket: str, role_name: str, acco
             for item in page.get("Versions", []) + page.get("DeleteMarkers", []):
                 version = item.get("VersionId")
                 objects.append((item["Key"], None if version in (None, "null") else version))
+    running = []
+    for kind, operation, key, name_key, prefix in RUNNING_JOBS:
+        for page in sagemaker.get_paginator(operation).paginate(StatusEquals="InProgress", NameContains=prefix):
+            running += [(kind, item[name_key]) for item in page[key] if item[name_key].startswith(prefix)]
     return Deployed(stage=stage, bucket_name=bucket, role_name=role_name,
                     role_arn=role.arn if role else role_arn(aws.region or "", account, role_name),
                     endpoint=_describe_endpoint(sagemaker, endpoint_name), endpoint_configs=tuple(configs),
-                    models=tuple(models), app=app.record(), role=role, bucket=found, objects=tuple(objects))
+                    models=tuple(models), app=app.record(), role=role, bucket=found, objects=tuple(objects),
+                    running_jobs=tuple(running))
 
 
 # --- apply: the plan's requests, in order ------------------------------------------------------------------

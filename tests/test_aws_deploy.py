@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from deploy_support import FakeCloud, chalice_project, mutating, operations
+from moto.sagemaker.models import sagemaker_backends
 
 from chalicelib import names
 from chalicelib import sagemaker_requests as requests
@@ -302,10 +303,20 @@ def test_plan_makes_no_mutating_call_writes_nothing_and_ends_with_the_cost_lines
 
 # --- destroy ---------------------------------------------------------------------------------------------
 
+RUNNING = names.training_job_name("dogs", "etag2")
+
+
 def run_the_pipeline(cloud):
     """What the control plane makes once a model passes the gate: a model, an endpoint config and the
-    endpoint, with its own request builders; and a model of someone else's in the same account."""
+    endpoint, with its own request builders; a model of someone else's in the same account; and the
+    next run's training job, still running (moto completes jobs at once; SageMaker's run for minutes)."""
     sagemaker = cloud.client("sagemaker")
+    sagemaker.create_training_job(
+        TrainingJobName=RUNNING, RoleArn=ROLE_ARN,
+        AlgorithmSpecification={"TrainingImage": "pytorch-training", "TrainingInputMode": "File"},
+        OutputDataConfig={"S3OutputPath": f"s3://{BUCKET}/jobs/"}, StoppingCondition={"MaxRuntimeInSeconds": 3600},
+        ResourceConfig={"InstanceType": "ml.g4dn.xlarge", "InstanceCount": 1, "VolumeSizeInGB": 30})
+    sagemaker_backends[ACCOUNT][REGION].training_jobs[RUNNING].training_job_status = "InProgress"
     config = PipelineConfig(bucket=BUCKET, role_arn=ROLE_ARN, region=REGION)
     sagemaker.create_model(**requests.create_model(config, "dogs", "etag1", f"s3://{BUCKET}/jobs/t/model.tar.gz"))
     sagemaker.create_endpoint_config(**requests.create_endpoint_config(config, "dogs", "etag1"))
@@ -331,8 +342,11 @@ def test_destroy_lists_first_and_with_yes_removes_everything_deploy_and_the_pipe
         "dogbreeds-dev-on_sagemaker_event; lambda_function dogbreeds-dev-on_sagemaker_event; cloudwatch_event "
         "dogbreeds-dev-on_sagemaker_event-event; iam_role dogbreeds-dev-api_handler; lambda_function dogbreeds-dev; "
         "rest_api api0000001"]
-    assert lines[-2] == "  kept    S3 bucket dogbreeds-deploy-test and its data (--delete-bucket removes them)"
-    assert lines[-1] == "nothing deleted: run again with --yes to delete the above"
+    assert lines[-3:] == [
+        "  kept    S3 bucket dogbreeds-deploy-test and its data (--delete-bucket removes them)",
+        f"  kept    SageMaker training job {RUNNING}: InProgress, billed until it ends (it cannot be deleted); "
+        f"to stop it: aws sagemaker stop-training-job --training-job-name {RUNNING}",
+        "nothing deleted: run again with --yes to delete the above"]
 
     lines, calls = aws(cloud, project, "destroy", "--yes")
     deletes = mutating(calls)
@@ -436,3 +450,12 @@ def test_dogbreeds_aws_hands_its_arguments_to_the_deploy_command(monkeypatch):
     monkeypatch.setattr(cli, "main", lambda argv: seen.append(argv) or 7)
     assert dogbreeds_cli.main(["aws", "deploy", "--plan", "--bucket", "b"]) == 7
     assert seen == [["deploy", "--plan", "--bucket", "b"]]
+
+
+def test_destroy_names_the_pipelines_running_jobs_with_the_command_that_stops_them():
+    plan = changes.destroy_plan(_deployed(running_jobs=(("training", "train-dogs-abc"), ("tuning", "tune-dogs-abc"))))
+    assert plan.unchanged[-2:] == (
+        "SageMaker training job train-dogs-abc: InProgress, billed until it ends (it cannot be deleted); "
+        "to stop it: aws sagemaker stop-training-job --training-job-name train-dogs-abc",
+        "SageMaker tuning job tune-dogs-abc: InProgress, billed until it ends (it cannot be deleted); "
+        "to stop it: aws sagemaker stop-hyper-parameter-tuning-job --hyper-parameter-tuning-job-name tune-dogs-abc")
