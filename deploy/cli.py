@@ -217,9 +217,11 @@ def main(argv: Optional[List[str]] = None, session=None, out=print, chalice_out=
         print(f"dogbreeds aws {args.command}: {exc}", file=sys.stderr)
         return 2
     except Exception as exc:
-        from chalicelib.control import error_code
+        from botocore.exceptions import BotoCoreError
         from chalice.deploy.deployer import ChaliceDeploymentError
-        if isinstance(exc, ChaliceDeploymentError) or error_code(exc):
+        from chalicelib.control import error_code
+        # AWS refused a request, or could not be reached: say so; a traceback would not help the user.
+        if isinstance(exc, (ChaliceDeploymentError, BotoCoreError)) or error_code(exc):
             print(f"dogbreeds aws {args.command}: stopped: {exc}\n  what was done before stays done; run the same "
                   f"command again to finish (it plans only what is left)", file=sys.stderr)
             return 1

@@ -109,8 +109,8 @@ class StageApp:
             if existing.is_file():
                 (Path(scratch) / ".chalice").mkdir()
                 shutil.copyfile(existing, Path(scratch) / ".chalice" / "config.json")
-            paths = configure.configure(bucket, role_arn, region, self.stage, endpoint_name, settings, account,
-                                        chalice_dir=Path(scratch))
+            paths = configure.configure(bucket, role_arn, region, stage=self.stage, endpoint_name=endpoint_name,
+                                        settings=settings, account=account, chalice_dir=Path(scratch))
             files = {path.name: path.read_text(encoding="utf-8") for path in paths.values()}
         config = json.loads(files["config.json"])
         section = config["stages"][self.stage]

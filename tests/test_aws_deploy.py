@@ -10,6 +10,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from botocore.awsrequest import AWSResponse
 from deploy_support import FakeCloud, chalice_project, mutating, operations
 from moto.sagemaker.models import sagemaker_backends
 
@@ -235,6 +236,30 @@ def test_an_eventbridge_notification_deploy_did_not_add_stays_after_destroy(clou
     _, calls = aws(cloud, project, "destroy", "--yes")
     assert [op for op in mutating(calls) if op[0] == "s3"] == []
     assert s3.get_bucket_notification_configuration(Bucket=BUCKET).get("EventBridgeConfiguration") == {}
+
+
+def test_a_deploy_cut_short_says_so_and_the_next_one_does_only_what_is_left(cloud, project, capsys):
+    def access_denied(**kwargs):      # as a bucket policy denying writes under code/ would answer
+        return AWSResponse("https://s3/", 403, {}, None), {
+            "Error": {"Code": "AccessDenied", "Message": "Access Denied"}, "ResponseMetadata": {"HTTPStatusCode": 403}}
+
+    cloud.session._session.register("before-call.s3.PutObject", access_denied)
+    _, calls = deploy(cloud, project, "--create-bucket", expect=1)
+    assert mutating(calls) == [("iam", "CreateRole"), ("iam", "PutRolePolicy"), ("s3", "CreateBucket"),
+                               ("s3", "PutBucketNotificationConfiguration"), ("s3", "PutBucketTagging"),
+                               ("s3", "PutObject")]
+    err = capsys.readouterr().err
+    assert "stopped: An error occurred (AccessDenied) when calling the PutObject operation" in err
+    assert "run the same command again to finish" in err
+    assert not target.target_path("dev", project).exists()
+
+    cloud.session._session.unregister("before-call.s3.PutObject", access_denied)
+    lines, calls = deploy(cloud, project, "--create-bucket")
+    assert [op for op in mutating(calls) if op[0] == "s3"] == [("s3", "PutObject"), ("s3", "PutObject")]
+    assert ROLE not in [params["RoleName"] for params in requests_of(calls, "CreateRole")]     # Chalice's roles only
+    assert [line.split(": ")[0] for line in lines if line.startswith("  ")] == [
+        f"  upload  s3://{BUCKET}/{package_source.build().key()}", f"  update  s3://{BUCKET}/code/current.json",
+        "  deploy  Chalice app dogbreeds, stage dev"]
 
 
 # --- refusals: nothing is changed --------------------------------------------------------------------
