@@ -66,11 +66,9 @@ class Plan:
     changes: Tuple[Change, ...]
     unchanged: Tuple[str, ...] = ()
 
-    def lines(self) -> List[str]:
-        """The plan as lines to print: each change, then what stays as it is."""
-        lines = [change.line() for change in self.changes]
-        lines += [f"ok      {line}" for line in self.unchanged]
-        return lines
+    def lines(self, unchanged: str = "ok") -> List[str]:
+        """The plan as lines to print: each change, then what stays as it is, marked ``unchanged``."""
+        return [change.line() for change in self.changes] + [f"{unchanged:<7} {line}" for line in self.unchanged]
 
 
 # --- what AWS describes now --------------------------------------------------------------------------

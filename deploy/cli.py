@@ -118,8 +118,8 @@ def cmd_deploy(args, aws: stack.Aws, out=print) -> int:
         stack.apply(aws, plan, app, log=lambda line: out(f"  {line}"))
     else:
         out(f"nothing to change: {title} is as wanted")
-        for line in plan.unchanged:
-            out(f"  ok      {line}")
+        for line in plan.lines():
+            out(f"  {line}")
     url = api_url(app.record())
     if not url:
         raise DeployError(f"Chalice's record {app.record_path} names no REST API: run deploy again")
@@ -147,19 +147,20 @@ def cmd_destroy(args, aws: stack.Aws, out=print) -> int:
     title = f"stage {args.stage} in {region}, account {account}, bucket {bucket}"
     if not plan.changes:
         out(f"nothing to remove: {title}")
-        for line in plan.unchanged:
-            out(f"  kept    {line}")
+        for line in plan.lines("kept"):
+            out(f"  {line}")
         target.target_path(args.stage, args.chalice_dir).unlink(missing_ok=True)
         return 0
-    out(f"{'removing' if args.yes else 'would remove'} {title}:")
     if not args.yes:
-        for line in plan.lines():
-            out(f"  {line}".replace("  ok      ", "  kept    "))
+        out(f"would remove {title}:")
+        for line in plan.lines("kept"):
+            out(f"  {line}")
         out("nothing deleted: run again with --yes to delete the above")
         return 1
+    out(f"removing {title}:")
     stack.apply(aws, plan, app, log=lambda line: out(f"  {line}"))
-    for line in plan.unchanged:
-        out(f"  kept    {line}")
+    for line in Plan((), plan.unchanged).lines("kept"):
+        out(f"  {line}")
     target.target_path(args.stage, args.chalice_dir).unlink(missing_ok=True)
     out(f"removed: stage {args.stage}")
     return 0
