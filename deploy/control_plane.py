@@ -54,7 +54,7 @@ def shipped_files(project_dir: Path, repo_root: Path = REPO_ROOT) -> Iterator[Tu
         yield from _source_files(repo_root / name, name)
 
 
-def stage_settings(config: Mapping, stage: str) -> dict:
+def stage_configuration(config: Mapping, stage: str) -> dict:
     """The part of a Chalice ``config.json`` that configures ``stage``: the top level without other
     stages, and the stage's section without its ``tags`` (they carry the digest)."""
     settings = {key: value for key, value in config.items() if key != "stages"}
@@ -76,7 +76,7 @@ def app_digest(project_dir: Path, stage: str, config: Mapping, policy: str, chal
     add("chalice", chalice_version.encode("utf-8"))
     for name, path in shipped_files(project_dir, repo_root):
         add(name, path.read_bytes())
-    add(".chalice/config.json#" + stage, json.dumps(stage_settings(config, stage), sort_keys=True).encode("utf-8"))
+    add(".chalice/config.json#" + stage, json.dumps(stage_configuration(config, stage), sort_keys=True).encode("utf-8"))
     add(".chalice/policy", policy.encode("utf-8"))
     return digest.hexdigest()
 
