@@ -1,5 +1,9 @@
 """Deployment tooling for the control plane on AWS (run from the repository root):
 
+- ``dogbreeds aws deploy`` / ``destroy`` (``deploy.cli``): every step below and the Chalice app, in
+  one command each way, changing only what AWS lacks (``deploy.changes`` decides, ``deploy.stack``
+  sends the requests, ``deploy.control_plane`` drives Chalice's deployer);
+
 - ``python -m deploy.configure``: ``chalice_app/.chalice/config.json`` and the IAM policy files;
 - ``python -m deploy.package_source``: the training ``sourcedir.tar.gz``, uploaded once per content;
 - ``python -m deploy.lambda_package``: stages ``batch/`` into ``chalice_app/vendor/`` for ``chalice deploy``,

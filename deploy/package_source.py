@@ -134,7 +134,7 @@ class Upload:
     pointer_written: bool
 
 
-def _head_size(s3, bucket: str, key: str) -> Optional[int]:
+def head_size(s3, bucket: str, key: str) -> Optional[int]:
     """The object's size, or None when there is no such object."""
     try:
         response = s3.head_object(Bucket=bucket, Key=key)
@@ -149,28 +149,51 @@ def _now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
 
+def pointer_key(layout: BucketLayout = BucketLayout()) -> str:
+    """``code/current.json``: the key of the pointer the control plane reads."""
+    return layout.code + SOURCE_POINTER
+
+
+def needs_upload(existing_size: Optional[int], package: SourcePackage) -> bool:
+    """Whether the package must be put: its key holds nothing (None) or an object of another size."""
+    return existing_size != package.size
+
+
+def points_at(pointer: Optional[dict], uri: str, package: SourcePackage) -> bool:
+    """Whether ``pointer`` (``code/current.json``'s document, None when missing) names this package."""
+    return pointer is not None and pointer.get("uri") == uri and pointer.get("digest") == package.digest
+
+
+def pointer_document(package: SourcePackage, uri: str, created_at: str) -> dict:
+    """``code/current.json``'s document for ``package`` stored at ``uri``."""
+    return {"uri": uri, "digest": package.digest, "files": len(package.files), "bytes": package.size,
+            "created_at": created_at}
+
+
+def pointer_body(pointer: dict) -> bytes:
+    return (json.dumps(pointer, indent=2) + "\n").encode("utf-8")
+
+
 def upload(s3, bucket: str, package: SourcePackage, layout: BucketLayout = BucketLayout(),
            now: Callable[[], str] = _now, log: Callable[[str], None] = lambda line: None) -> Upload:
     """Put the package at its content-addressed key unless it is there already, then point
     ``code/current.json`` at it unless it points there already. Idempotent: a second call with the
     same package makes no write."""
     key, uri = package.key(layout), package.uri(bucket, layout)
-    existing = _head_size(s3, bucket, key)
-    uploaded = existing != package.size
+    existing = head_size(s3, bucket, key)
+    uploaded = needs_upload(existing, package)
     if uploaded:
         if existing is not None:
             log(f"s3://{bucket}/{key} exists with {existing} bytes instead of {package.size}: replacing it")
         s3.put_object(Bucket=bucket, Key=key, Body=package.data, ContentType=CONTENT_TYPE)
 
-    pointer_key = layout.code + SOURCE_POINTER
-    current = read_json_object(s3, bucket, pointer_key)   # None when missing or unreadable: write a good one
-    if current is not None and current.get("uri") == uri and current.get("digest") == package.digest:
-        return Upload(uri, pointer_key, current, uploaded, False)
-    pointer = {"uri": uri, "digest": package.digest, "files": len(package.files), "bytes": package.size,
-               "created_at": now()}
-    s3.put_object(Bucket=bucket, Key=pointer_key, Body=(json.dumps(pointer, indent=2) + "\n").encode("utf-8"),
-                  ContentType="application/json")
-    return Upload(uri, pointer_key, pointer, uploaded, True)
+    where = pointer_key(layout)
+    current = read_json_object(s3, bucket, where)   # None when missing or unreadable: write a good one
+    if points_at(current, uri, package):
+        return Upload(uri, where, current, uploaded, False)
+    pointer = pointer_document(package, uri, now())
+    s3.put_object(Bucket=bucket, Key=where, Body=pointer_body(pointer), ContentType="application/json")
+    return Upload(uri, where, pointer, uploaded, True)
 
 
 # --- command line -------------------------------------------------------------------------------------

@@ -10,6 +10,7 @@
     dogbreeds report [JOB] [--open]   the training report (report.html) of the instrumented run
     dogbreeds fetch                   download the public Udacity dog-breed dataset (resume, checksum)
     dogbreeds demo                    the whole main job on generated images
+    dogbreeds aws deploy|destroy      the same pipeline on AWS: one command up (--plan first), one down
 
 Every command takes ``--data-dir`` (default ``$DOGBREEDS_HOME``, else ``runs/local`` in this checkout):
 the stack's bucket, job records, logs and event spool live there, so ``publish``, ``status`` and
@@ -185,6 +186,11 @@ def cmd_demo(args) -> int:
     return demo.main(args.rest)
 
 
+def cmd_aws(args) -> int:
+    from deploy import cli as aws
+    return aws.main(args.rest)
+
+
 def _per_profile(value) -> str:
     """``per profile: default 6, quick 3``: what each profile sets, for an option's help."""
     return "per profile: " + ", ".join(f"{name} {value(profile)}" for name, profile in PROFILES.items())
@@ -257,14 +263,15 @@ def build_parser() -> argparse.ArgumentParser:
     report.set_defaults(run=cmd_report)
 
     for name, run, what in (("fetch", cmd_fetch, "download the Udacity dog-breed dataset (see --help)"),
-                            ("demo", cmd_demo, "the whole main job on generated images (see --help)")):
+                            ("demo", cmd_demo, "the whole main job on generated images (see --help)"),
+                            ("aws", cmd_aws, "deploy to AWS, or destroy, with --plan first (see --help)")):
         sub = commands.add_parser(name, help=what, add_help=False)
         sub.add_argument("rest", nargs=argparse.REMAINDER)
         sub.set_defaults(run=run)
     return parser
 
 
-PASS_THROUGH = {"fetch": cmd_fetch, "demo": cmd_demo}    # their own parsers take every argument after the name
+PASS_THROUGH = {"fetch": cmd_fetch, "demo": cmd_demo, "aws": cmd_aws}    # their own parsers take every argument after the name
 
 
 def main(argv=None) -> int:
