@@ -109,11 +109,11 @@ def cmd_publish(args) -> int:
 def cmd_status(args) -> int:
     home = Home(args.data_dir)
     if args.json:
-        print(json.dumps(client.status_document(home), indent=1, default=str))
+        print(json.dumps(home.status_document(), indent=1, default=str))
         return 0
     print("\n".join(client.status_lines(home)))
     if args.watch:
-        watcher = progress.Watcher(home.data_dir, home.bucket)
+        watcher = home.watcher()
         watcher.changes()        # what was just printed is not news
         print("\nwatching (Ctrl-C stops) ...", flush=True)
         try:
