@@ -413,18 +413,16 @@ def pipeline_lines(view: dict, located=str, endpoints: Sequence[str] = ()) -> li
     current run (tuning, training, test accuracy) and its refusal or gate decision, the endpoint
     (``endpoints``: lines from its SageMaker records; without them, from the view) and the last batch,
     whose predictions are shown where ``located(uri)`` says."""
-    lines = []
-    current, run = view.get("dataset"), view.get("run")
-    if current:
-        lines.append(f"dataset   {current['name']} published (marker {current['marker'][:12]})")
+    lines = [progress.dataset_line(view["dataset"])] if view.get("dataset") else []
+    run = view.get("run")
     if run:
         accuracy = (run.get("metrics") or {}).get("test:accuracy")
         lines.append(f"run       tuning {run.get('tuning_status') or '-'}, training {run.get('training_status') or '-'}"
                      + (f", test accuracy {accuracy:.4f}" if accuracy is not None else ""))
         if run.get("layout_problems"):
-            lines.append(f"dataset   {run['dataset']} refused: " + "; ".join(run["layout_problems"][:3]))
+            lines.append(progress.refusal_line(run))
         if run.get("gate"):
-            lines.append(f"gate      {run['gate'].get('reason')}")
+            lines.append(progress.gate_line(run))
     endpoint = view.get("endpoint")
     if endpoints:
         lines += endpoints
@@ -433,12 +431,8 @@ def pipeline_lines(view: dict, located=str, endpoints: Sequence[str] = ()) -> li
                                                     "FailureReason": endpoint.get("failure_reason")},
                                        None).feed_line())
     batch = view.get("last_batch")
-    if batch and batch.get("status") == "Completed" and batch.get("predictions_uri"):
-        lines.append(f"batch     {batch['batch_id']} predictions: {located(batch['predictions_uri'])}")
-    elif batch and batch.get("status") in ("Failed", "Stopped"):
-        lines.append(f"batch     {batch['batch_id']} {batch['status']}: "
-                     f"{progress.first_line(batch.get('failure_reason'))}")
-    return lines
+    ended = batch and progress.batch_line(batch, batch["predictions_uri"] and located(batch["predictions_uri"]))
+    return lines + ([ended] if ended else [])
 
 
 def newest_training_job(home: Home, trials: bool = True) -> Optional[str]:

@@ -391,7 +391,8 @@ class Cloud:
         one_thread_each = TransferConfig(use_threads=False)     # the pool is the parallelism
         counter = progress.Counter(label, len(uploads), say=say)
         failed = []
-        with ThreadPoolExecutor(max_workers=self.workers) as pool:
+        pool = ThreadPoolExecutor(max_workers=self.workers)
+        try:
             sent = {pool.submit(s3.upload_file, str(upload.path), self.bucket, upload.key,
                                 ExtraArgs={"ContentType": upload.content_type}, Config=one_thread_each): upload
                     for upload in uploads}
@@ -400,6 +401,8 @@ class Cloud:
                     failed.append((sent[future], future.exception()))
                 else:
                     counter.add()
+        finally:
+            pool.shutdown(cancel_futures=True)     # Ctrl-C: the files not started yet are not sent
         counter.close()
         if failed:
             raise UserError(upload_failures(failed, len(uploads), self.bucket))

@@ -217,6 +217,31 @@ def job_table(found: List[Job]) -> List[str]:
     return [TABLE_HEADER] + [job.table_row() for job in rows]
 
 
+# --- the pipeline's own lines (its state's), shared by the feed and ``dogbreeds status`` -----------------
+
+def dataset_line(current: dict) -> str:
+    """The dataset published last (the state's ``current_dataset``)."""
+    return f"dataset   {current['name']} published (marker {current['marker'][:12]})"
+
+
+def refusal_line(run: dict) -> str:
+    """A run whose dataset the control plane refused, and why."""
+    return f"dataset   {run['dataset']} refused: " + "; ".join(run["layout_problems"][:3])
+
+
+def gate_line(run: dict) -> str:
+    return f"gate      {run['gate'].get('reason')}"
+
+
+def batch_line(batch: dict, predictions) -> Optional[str]:
+    """A batch that ended: where its ``predictions`` are, or why it failed; None while it runs."""
+    if batch.get("status") == "Completed":
+        return f"batch     {batch['batch_id']} predictions: {predictions}"
+    if batch.get("status") in ("Failed", "Stopped"):
+        return f"batch     {batch['batch_id']} {batch['status']}: {first_line(batch.get('failure_reason'))}"
+    return None
+
+
 # --- the feed ----------------------------------------------------------------------------------------
 
 class Watcher:
@@ -229,29 +254,23 @@ class Watcher:
         """Everything worth a line, keyed by what it is about; a changed value is news."""
         facts: Dict[str, str] = {}
         state = read_state(self.data_dir, self.bucket) or {}
-        current = state.get("current_dataset")
-        if current:
-            facts["dataset"] = f"dataset   {current['name']} published (marker {current['marker'][:12]})"
+        if state.get("current_dataset"):
+            facts["dataset"] = dataset_line(state["current_dataset"])
         for run in state.get("runs", {}).values():
             key = f"run:{run['dataset']}/{run['marker']}"
             if run.get("layout_problems"):
-                facts[key + ":layout"] = (f"dataset   {run['dataset']} refused: "
-                                          + "; ".join(run["layout_problems"][:3]))
+                facts[key + ":layout"] = refusal_line(run)
             if run.get("gate"):
-                gate = run["gate"]
-                facts[key + ":gate"] = f"gate      {gate.get('reason')}"
+                facts[key + ":gate"] = gate_line(run)
         for kind in JOB_KINDS:
             for job in jobs(self.data_dir, kind):
                 facts[f"{kind}:{job.name}"] = job.feed_line()
                 if job.epoch_line():
                     facts[f"epoch:{job.name}"] = job.epoch_line()
         for batch in state.get("batches", {}).values():
-            if batch.get("status") == "Completed":
-                path = self.data_dir / "s3" / self.bucket / batch["output_key"]
-                facts[f"batch:{batch['batch_id']}"] = f"batch     {batch['batch_id']} predictions: {path}"
-            elif batch.get("status") in ("Failed", "Stopped"):
-                facts[f"batch:{batch['batch_id']}"] = (f"batch     {batch['batch_id']} {batch['status']}: "
-                                                      f"{first_line(batch.get('failure_reason'))}")
+            line = batch_line(batch, self.data_dir / "s3" / self.bucket / batch["output_key"])
+            if line:
+                facts[f"batch:{batch['batch_id']}"] = line
         return facts
 
     def changes(self) -> List[str]:
