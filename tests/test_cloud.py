@@ -204,6 +204,21 @@ def test_status_on_aws_without_sagemaker_permissions_shows_the_rest_and_says_why
     assert [line.split()[2] for line in lines[lines.index("") + 2:]] == [training]   # what SageMaker did describe
 
 
+def test_a_run_followed_through_get_status_is_over_once_its_model_serves(deployment):
+    aws, gateway = deployment
+    stack = cloud.Cloud(cloud.resolve_target(api=gateway.url, region=REGION, bucket=BUCKET), profile="tester")
+    with Client(chalice_app.app) as lambda_client:
+        marker, _ = train(aws, lambda_client, test_acc=0.8125)
+        run_key = f"{DATASET}/{marker}"
+        assert client.run_outcome(client.state_of_view(stack.status_view()), run_key) is None   # endpoint Creating
+        deliver(lambda_client, aws.finish_endpoint(ENDPOINT, "InService"))
+    said = []
+    assert client.follow_run(stack, run_key, timeout=30, say=said.append) == 0
+    model = names.model_name(DATASET, marker)
+    assert said == [f"deployed: endpoint {ENDPOINT} serves {model}"]
+    assert client.run_outcome(client.state_of_view(stack.status_view()), f"{DATASET}/another-marker") is None
+
+
 # --- what API Gateway refuses --------------------------------------------------------------------
 
 def test_an_unsigned_or_wrongly_signed_request_is_refused_and_the_command_says_why(deployment, tmp_path, capsys):
