@@ -17,6 +17,11 @@ the stack's bucket, job records, logs and event spool live there, so ``publish``
 ``logs`` work from any terminal, and ``publish`` also while no stack runs (the stack picks the
 marker's event up when it starts). ``predict`` and ``batch`` need the running stack's API.
 
+On AWS: ``publish``, ``status``, ``predict``, ``batch`` and ``report`` take ``--aws`` (the deployment of
+stage dev), ``--stage S``, or ``--api URL`` (with ``--region R``) and ``--bucket B``: the same command,
+the same output, against the deployed API (SigV4-signed with your AWS credentials; ``--aws-profile``)
+and bucket. ``dogbreeds aws deploy`` records where a stage's deployment is.
+
 ``up --fail-endpoint-once [REASON]`` makes the endpoint's next create or update end Failed, as a
 SageMaker endpoint does without capacity or with a bad image: a way to watch the pipeline recover.
 """
@@ -35,6 +40,7 @@ from pathlib import Path
 from chalicelib.config import PROFILES, STRATEGIES, ConfigError, PipelineConfig, QualityGate, TuningConfig
 from dogbreeds import client, progress
 from dogbreeds.client import Home, UserError
+from deploy.target import DEFAULT_STAGE
 from dogbreeds.localaws.endpoints import DEFAULT_FAULT_REASON
 from dogbreeds.stack import LocalStack, local_config
 
@@ -94,34 +100,62 @@ def cmd_up(args) -> int:
     return 0
 
 
+def place(args) -> client.Stack:
+    """Where a verb runs: the local stack of ``--data-dir``, or with ``--aws``, ``--stage``, ``--api`` or
+    ``--bucket`` the deployment on AWS (``dogbreeds.cloud``)."""
+    if not (args.aws or args.stage or args.api or args.bucket):
+        if args.region or args.aws_profile:
+            raise UserError("--region and --aws-profile go with --aws, --stage S, --api URL or --bucket B")
+        return Home(args.data_dir)
+    from dogbreeds import cloud
+    stage = args.stage or (cloud.DEFAULT_STAGE if args.aws else None)
+    target = cloud.resolve_target(stage, args.api, args.region, args.bucket)
+    return cloud.Cloud(target, profile=args.aws_profile, data_dir=cloud.cloud_home(args.data_dir, target.stage))
+
+
+def _again(args) -> str:
+    """The options that name the same deployment again, for a command a message suggests."""
+    named = [f"--{name.replace('_', '-')} {getattr(args, name)}" for name in ("stage", "api", "region", "aws_profile")
+             if getattr(args, name)]
+    return " ".join((["--aws"] if args.aws and not args.stage else []) + named)
+
+
 def cmd_publish(args) -> int:
-    home = Home(args.data_dir)
-    run_key = client.publish_dataset(home, Path(args.folder), args.name)
-    if home.running():
+    stack = place(args)
+    on_aws = not isinstance(stack, Home)
+    if on_aws and args.follow:
+        stack.require_api()                    # following reads GET /status: say so before uploading anything
+    run_key = client.publish_dataset(stack, Path(args.folder), args.name)
+    if on_aws:
+        follow = (f"`dogbreeds status {_again(args)} --watch`" if stack.target.api_url else
+                  "`dogbreeds status --aws --watch` (or --stage S, --api URL)")
+        print(f"S3 tells EventBridge, and the control plane takes it from there: tuning, then the instrumented "
+              f"training, the gate and the deployment. Follow with {follow}.")
+    elif stack.running():
         print("the stack is on it: tuning, then the instrumented training, the gate and the deployment. "
               "Follow with `dogbreeds status --watch`.")
     else:
-        print(f"no stack runs for {home.data_dir} right now: `dogbreeds up` starts one, and it picks this up.")
+        print(f"no stack runs for {stack.data_dir} right now: `dogbreeds up` starts one, and it picks this up.")
     if args.follow:
-        return client.follow_run(home, run_key, timeout=args.timeout)
+        return client.follow_run(stack, run_key, timeout=args.timeout)
     return 0
 
 
 def cmd_status(args) -> int:
-    home = Home(args.data_dir)
+    stack = place(args)
     if args.json:
-        print(json.dumps(client.status_document(home), indent=1, default=str))
+        print(json.dumps(stack.status_document(), indent=1, default=str))
         return 0
-    print("\n".join(client.status_lines(home)))
+    print("\n".join(client.status_lines(stack)))
     if args.watch:
-        watcher = progress.Watcher(home.data_dir, home.bucket)
+        watcher = stack.watcher()
         watcher.changes()        # what was just printed is not news
         print("\nwatching (Ctrl-C stops) ...", flush=True)
         try:
             while True:
                 for line in watcher.changes():
                     print(progress.stamp(line), flush=True)
-                time.sleep(1)
+                time.sleep(max(1.0, stack.poll_interval))
         except KeyboardInterrupt:
             return 0
     return 0
@@ -140,7 +174,7 @@ def cmd_logs(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    home = Home(args.data_dir)
+    stack = place(args)
     failed = 0
     for image in args.images:
         path = Path(image)
@@ -149,7 +183,9 @@ def cmd_predict(args) -> int:
             failed += 1
             continue
         try:
-            predictions = client.predict_file(home, path, args.top_k)
+            predictions = client.predict_file(stack, path, args.top_k)
+        except client.AccessRefused:
+            raise                    # the caller is refused: every other image would be too
         except UserError as exc:
             print(f"{image}: {exc}", file=sys.stderr)
             failed += 1
@@ -160,12 +196,12 @@ def cmd_predict(args) -> int:
 
 
 def cmd_batch(args) -> int:
-    client.run_batch(Home(args.data_dir), Path(args.folder), args.id, wait=not args.no_wait, timeout=args.timeout)
+    client.run_batch(place(args), Path(args.folder), args.id, wait=not args.no_wait, timeout=args.timeout)
     return 0
 
 
 def cmd_report(args) -> int:
-    report = client.extract_report(Home(args.data_dir), args.job)
+    report = place(args).fetch_report(args.job)
     print(f"report: {report}")
     issues = client.rules_with_issues(report)
     if issues is not None:
@@ -203,6 +239,16 @@ def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--data-dir", type=Path, default=client.default_home(),
                         help="the stack's data directory (default: $DOGBREEDS_HOME or runs/local)")
+    cloud_options = argparse.ArgumentParser(add_help=False)
+    on_aws = cloud_options.add_argument_group("on AWS (instead of the local stack)")
+    on_aws.add_argument("--aws", action="store_true",
+                        help=f"the deployment of stage {DEFAULT_STAGE} (the record `dogbreeds aws deploy` wrote)")
+    on_aws.add_argument("--stage", metavar="S", help="the deployment of stage S (implies --aws)")
+    on_aws.add_argument("--api", metavar="URL", help="the API's URL, instead of the record's (implies --aws)")
+    on_aws.add_argument("--region", metavar="R", help="the API's region (default: the record's, else the URL's)")
+    on_aws.add_argument("--bucket", metavar="B", help="the bucket, B or s3://B (default: the record's)")
+    on_aws.add_argument("--aws-profile", metavar="NAME",
+                        help="AWS credentials profile (default: boto3's chain: AWS_PROFILE, environment, SSO, role)")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     up = commands.add_parser("up", parents=[common], help="start the local stack in the foreground")
@@ -228,14 +274,14 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--poll", type=float, default=1.0, help=argparse.SUPPRESS)
     up.set_defaults(run=cmd_up)
 
-    publish = commands.add_parser("publish", parents=[common], help="publish an ImageFolder as a dataset")
+    publish = commands.add_parser("publish", parents=[common, cloud_options], help="publish an ImageFolder as a dataset")
     publish.add_argument("folder", help="the dataset's root: train/<breed>/<image> (and valid/, test/)")
     publish.add_argument("--name", help="dataset name (default: the folder's name)")
     publish.add_argument("--follow", action="store_true", help="follow the run until it is deployed or fails")
     publish.add_argument("--timeout", type=float, default=6 * 3600, help=argparse.SUPPRESS)
     publish.set_defaults(run=cmd_publish)
 
-    status = commands.add_parser("status", parents=[common], help="the pipeline and its jobs")
+    status = commands.add_parser("status", parents=[common, cloud_options], help="the pipeline and its jobs")
     status.add_argument("--watch", action="store_true", help="then print what changes")
     status.add_argument("--json", action="store_true", help="state and job records as JSON")
     status.set_defaults(run=cmd_status)
@@ -245,19 +291,19 @@ def build_parser() -> argparse.ArgumentParser:
     logs.add_argument("-f", "--follow", action="store_true", help="keep printing until the job ends")
     logs.set_defaults(run=cmd_logs)
 
-    predict = commands.add_parser("predict", parents=[common], help="classify images through POST /predict")
+    predict = commands.add_parser("predict", parents=[common, cloud_options], help="classify images through POST /predict")
     predict.add_argument("images", nargs="+", help="image files (JPEG, PNG, ...)")
     predict.add_argument("--top-k", type=int, help="how many breeds to show (default: the endpoint's)")
     predict.set_defaults(run=cmd_predict)
 
-    batch = commands.add_parser("batch", parents=[common], help="classify a folder through batch transform")
+    batch = commands.add_parser("batch", parents=[common, cloud_options], help="classify a folder through batch transform")
     batch.add_argument("folder", help="a folder of images (sub-folders included)")
     batch.add_argument("--id", help="batch id (default: the folder's name and the time)")
     batch.add_argument("--no-wait", action="store_true", help="start it and return")
     batch.add_argument("--timeout", type=float, default=3600, help="seconds to wait for it (default 3600)")
     batch.set_defaults(run=cmd_batch)
 
-    report = commands.add_parser("report", parents=[common], help="the instrumented run's report.html")
+    report = commands.add_parser("report", parents=[common, cloud_options], help="the instrumented run's report.html")
     report.add_argument("job", nargs="?", help="training job (default: the current run's)")
     report.add_argument("--open", action="store_true", help="open it in a browser")
     report.set_defaults(run=cmd_report)
@@ -283,6 +329,13 @@ def main(argv=None) -> int:
         return args.run(args)
     except (UserError, ConfigError) as exc:
         print(f"dogbreeds {args.command}: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:
+        from dogbreeds.cloud import aws_failure     # botocore's errors, in words; any other is a bug: raised
+        message = aws_failure(exc)
+        if message is None:
+            raise
+        print(f"dogbreeds {args.command}: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

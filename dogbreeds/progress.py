@@ -67,7 +67,7 @@ def _metrics(record: dict) -> Dict[str, float]:
     return {m["MetricName"]: m["Value"] for m in record.get("FinalMetricDataList") or []}
 
 
-def _first_line(text: Optional[str], limit: int = 300) -> str:
+def first_line(text: Optional[str], limit: int = 300) -> str:
     line = (text or "").strip().splitlines()[0] if (text or "").strip() else ""
     return line if len(line) <= limit else line[: limit - 3] + "..."
 
@@ -128,14 +128,15 @@ class Job:
 TABLE_HEADER = f"{'started':<9} {'kind':<9} {'job':<44} {'status':<11} {'took':>6}  result"
 
 
-def describe(kind: str, record: dict, jobs_dir: Path) -> Job:
-    """The ``Job`` of one local SageMaker record of ``kind`` (one of JOB_KINDS); a running training
-    job's progress is read from its log under ``jobs_dir``."""
+def describe(kind: str, record: dict, jobs_dir: Optional[Path]) -> Job:
+    """The ``Job`` of one SageMaker record of ``kind`` (one of JOB_KINDS: the local SageMaker's, or a
+    Describe* response); a running training job's progress is read from its log under ``jobs_dir``
+    (None: the logs are not on this machine)."""
     return {"tuning": _tuning, "training": _training, "endpoint": _endpoint, "transform": _transform}[kind](
-        record, Path(jobs_dir))
+        record, None if jobs_dir is None else Path(jobs_dir))
 
 
-def _tuning(record: dict, _jobs_dir: Path) -> Job:
+def _tuning(record: dict, _jobs_dir: Optional[Path]) -> Job:
     status = record["HyperParameterTuningJobStatus"]
     config = record.get("HyperParameterTuningJobConfig", {})
     limit = config.get("ResourceLimits", {}).get("MaxNumberOfTrainingJobs", "?")
@@ -148,12 +149,12 @@ def _tuning(record: dict, _jobs_dir: Path) -> Job:
         detail += (f"; best {best['TrainingJobName']} {metric['MetricName']}={metric['Value']:.4f} "
                    f"with {format_hyperparameters(best.get('TunedHyperParameters', {}))}")
     elif status == "Failed":
-        detail += f"; {_first_line(record.get('FailureReason'))}"
+        detail += f"; {first_line(record.get('FailureReason'))}"
     return Job("tuning", record["HyperParameterTuningJobName"], status, detail,
                started=record.get("CreationTime") or "", ended=record.get("HyperParameterTuningEndTime") or "")
 
 
-def _training(record: dict, jobs_dir: Path) -> Job:
+def _training(record: dict, jobs_dir: Optional[Path]) -> Job:
     name, status = record["TrainingJobName"], record["TrainingJobStatus"]
     metrics = _metrics(record)
     detail = ""
@@ -165,13 +166,13 @@ def _training(record: dict, jobs_dir: Path) -> Job:
     if status == "Stopped" and record.get("TuningJobArn") and record.get("SecondaryStatus") == "Stopped":
         detail += " (stopped early by the tuner)"
     if status == "Failed":
-        detail += f": {_first_line(record.get('FailureReason'))}"
+        detail += f": {first_line(record.get('FailureReason'))}"
     # the table shows the one accuracy that judges the job: the test set's, else the validation set's
     key = "test:accuracy" if "test:accuracy" in metrics else "validation:accuracy"
     result = f"{key}={metrics[key]:.4f}" if key in metrics else ""
     epoch = None
     if status == "InProgress":
-        last = last_epoch(jobs_dir / name / "log.txt")
+        last = last_epoch(jobs_dir / name / "log.txt") if jobs_dir else None
         if last:
             epoch = (last[0], record.get("HyperParameters", {}).get("epochs", "?"), last[1])
             result = f"epoch {epoch[0]}/{epoch[1]}"
@@ -181,16 +182,16 @@ def _training(record: dict, jobs_dir: Path) -> Job:
                started=record.get("CreationTime") or "", ended=record.get("TrainingEndTime") or "", epoch=epoch)
 
 
-def _endpoint(record: dict, _jobs_dir: Path) -> Job:
+def _endpoint(record: dict, _jobs_dir: Optional[Path]) -> Job:
     status, detail = record["EndpointStatus"], ""
     if status == "InService" and record.get("_Url"):
         detail += f" at {record['_Url']} (config {record.get('EndpointConfigName')})"
     if status == "Failed":
-        detail += f": {_first_line(record.get('FailureReason'))}"
+        detail += f": {first_line(record.get('FailureReason'))}"
     return Job("endpoint", record["EndpointName"], status, detail, started=record.get("CreationTime") or "")
 
 
-def _transform(record: dict, _jobs_dir: Path) -> Job:
+def _transform(record: dict, _jobs_dir: Optional[Path]) -> Job:
     status, detail, result = record["TransformJobStatus"], "", ""
     if "_Written" in record:
         written, skipped = record["_Written"], record.get("_Skipped", 0)
@@ -198,7 +199,7 @@ def _transform(record: dict, _jobs_dir: Path) -> Job:
         if status in TERMINAL:
             detail += f": {written} images classified, {skipped} already done"
     if status == "Failed":
-        detail += f"; {_first_line(record.get('FailureReason'))}"
+        detail += f"; {first_line(record.get('FailureReason'))}"
     return Job("transform", record["TransformJobName"], status, detail, result,
                started=record.get("CreationTime") or "", ended=record.get("TransformEndTime") or "")
 
@@ -216,6 +217,31 @@ def job_table(found: List[Job]) -> List[str]:
     return [TABLE_HEADER] + [job.table_row() for job in rows]
 
 
+# --- the pipeline's own lines (its state's), shared by the feed and ``dogbreeds status`` -----------------
+
+def dataset_line(current: dict) -> str:
+    """The dataset published last (the state's ``current_dataset``)."""
+    return f"dataset   {current['name']} published (marker {current['marker'][:12]})"
+
+
+def refusal_line(run: dict) -> str:
+    """A run whose dataset the control plane refused, and why."""
+    return f"dataset   {run['dataset']} refused: " + "; ".join(run["layout_problems"][:3])
+
+
+def gate_line(run: dict) -> str:
+    return f"gate      {run['gate'].get('reason')}"
+
+
+def batch_line(batch: dict, predictions) -> Optional[str]:
+    """A batch that ended: where its ``predictions`` are, or why it failed; None while it runs."""
+    if batch.get("status") == "Completed":
+        return f"batch     {batch['batch_id']} predictions: {predictions}"
+    if batch.get("status") in ("Failed", "Stopped"):
+        return f"batch     {batch['batch_id']} {batch['status']}: {first_line(batch.get('failure_reason'))}"
+    return None
+
+
 # --- the feed ----------------------------------------------------------------------------------------
 
 class Watcher:
@@ -228,29 +254,23 @@ class Watcher:
         """Everything worth a line, keyed by what it is about; a changed value is news."""
         facts: Dict[str, str] = {}
         state = read_state(self.data_dir, self.bucket) or {}
-        current = state.get("current_dataset")
-        if current:
-            facts["dataset"] = f"dataset   {current['name']} published (marker {current['marker'][:12]})"
+        if state.get("current_dataset"):
+            facts["dataset"] = dataset_line(state["current_dataset"])
         for run in state.get("runs", {}).values():
             key = f"run:{run['dataset']}/{run['marker']}"
             if run.get("layout_problems"):
-                facts[key + ":layout"] = (f"dataset   {run['dataset']} refused: "
-                                          + "; ".join(run["layout_problems"][:3]))
+                facts[key + ":layout"] = refusal_line(run)
             if run.get("gate"):
-                gate = run["gate"]
-                facts[key + ":gate"] = f"gate      {gate.get('reason')}"
+                facts[key + ":gate"] = gate_line(run)
         for kind in JOB_KINDS:
             for job in jobs(self.data_dir, kind):
                 facts[f"{kind}:{job.name}"] = job.feed_line()
                 if job.epoch_line():
                     facts[f"epoch:{job.name}"] = job.epoch_line()
         for batch in state.get("batches", {}).values():
-            if batch.get("status") == "Completed":
-                path = self.data_dir / "s3" / self.bucket / batch["output_key"]
-                facts[f"batch:{batch['batch_id']}"] = f"batch     {batch['batch_id']} predictions: {path}"
-            elif batch.get("status") in ("Failed", "Stopped"):
-                facts[f"batch:{batch['batch_id']}"] = (f"batch     {batch['batch_id']} {batch['status']}: "
-                                                      f"{_first_line(batch.get('failure_reason'))}")
+            line = batch_line(batch, self.data_dir / "s3" / self.bucket / batch["output_key"])
+            if line:
+                facts[f"batch:{batch['batch_id']}"] = line
         return facts
 
     def changes(self) -> List[str]:
@@ -305,3 +325,19 @@ def plain_logging(level=logging.WARNING) -> None:
         logger.handlers[:] = [handler]
         logger.setLevel(level)
         logger.propagate = False
+
+
+class LineWatcher:
+    """A feed made of lines that are produced anew each time (``produce()``): ``changes()`` returns the
+    lines not given by the call before (all of them, the first time). The cloud's feed: its records
+    are not files to watch."""
+
+    def __init__(self, produce):
+        self.produce = produce
+        self.seen: set = set()
+
+    def changes(self) -> List[str]:
+        lines = self.produce()
+        news = [line for line in lines if line not in self.seen]
+        self.seen = set(lines)
+        return news
