@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 from chalicelib.config import ENV_VARIABLES, ConfigError, HostingConfig, PipelineConfig
-from deploy import CHALICE_DIR, REPO_ROOT, configure, stack, target
+from deploy import CHALICE_DIR, REPO_ROOT, configure, costs, stack, target
 from deploy.changes import DeployError, Plan, default_role_name, deploy_plan, destroy_plan
 from deploy.control_plane import StageApp, api_url
 
@@ -35,10 +35,9 @@ OWN_VARIABLES = ("DOGBREEDS_BUCKET", "DOGBREEDS_ROLE_ARN", "DOGBREEDS_REGION", "
 
 
 def plan_costs(pipeline: PipelineConfig, region: str, session) -> List[str]:
-    """The lines that close ``deploy --plan``'s output: what the running parts cost per month.
-
-    The one place cost lines come from: ``deploy.costs.cost_report(pipeline, region, session)`` plugs in here."""
-    return []
+    """The lines that close ``deploy --plan``'s output: what the running parts cost per month, at Price
+    List API prices when it answers, else the shipped table's (``deploy.costs``; GetProducts only)."""
+    return list(costs.cost_report(pipeline, region, session).lines)
 
 
 def plan_lines(title: str, plan: Plan, cost_lines: Sequence[str] = ()) -> List[str]:

@@ -19,9 +19,11 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import io
 import itertools
 import json
 import shutil
+import zipfile
 from pathlib import Path
 from typing import List, Tuple
 
@@ -31,7 +33,7 @@ from botocore.awsrequest import AWSResponse
 from moto import mock_aws
 from moto.s3.responses import S3Response
 
-from deploy import CHALICE_DIR
+from deploy import CHALICE_DIR, lambda_runtime
 
 READ_PREFIXES = ("Get", "List", "Describe", "Head")
 
@@ -157,6 +159,27 @@ def eventbridge_answered():
         S3Response.get_bucket_notification = original
 
 
+def _empty_zip() -> bytes:
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w") as archive:
+        archive.writestr("python/.keep", b"")
+    return out.getvalue()
+
+
+_EMPTY_ZIP = _empty_zip()
+
+
+def provide_powertools_layer(lambda_client) -> None:
+    """The AWS-managed Powertools layer version the stage names, as moto can know it. In AWS every
+    account may use account 017000801446's layer; moto looks a layer up by name and version in the
+    caller's own account only (and refuses a function naming one it lacks), so the same name is
+    published here up to the pinned version number."""
+    name, version = lambda_runtime.powertools_layer()
+    for _ in range(version):
+        lambda_client.publish_layer_version(LayerName=name, Content={"ZipFile": _EMPTY_ZIP},
+                                            CompatibleRuntimes=[f"python{lambda_runtime.LAMBDA_PYTHON}"])
+
+
 class FakeCloud:
     """moto, a recorded boto3 session in ``region`` and the API Gateway stand-in. A context manager."""
 
@@ -168,6 +191,7 @@ class FakeCloud:
         self._stack.enter_context(mock_aws())
         self._stack.enter_context(eventbridge_answered())
         self.session = boto3.session.Session(region_name=self.region, botocore_session=botocore.session.get_session())
+        provide_powertools_layer(self.session.client("lambda"))      # before the recorder: not a request of ours
         self.recorder = Recorder(self.session)
         self.api_gateway = ApiGateway(self.session)
         return self

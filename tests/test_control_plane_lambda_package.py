@@ -39,18 +39,29 @@ print(json.dumps({"all": top(sys.modules), "loaded": top(set(sys.modules) - befo
 """
 
 
-def test_app_imports_only_powertools_chalice_and_the_boto_stack():
+def import_app(**environment) -> dict:
+    """What importing app.py in a fresh interpreter loads, with Lambda's environment plus ``environment``."""
     env = {"PATH": os.environ.get("PATH", ""), "HOME": os.environ.get("HOME", "/tmp"),
-           "AWS_LAMBDA_FUNCTION_NAME": "dogbreeds-dev", "AWS_REGION": REGION}    # as on Lambda
+           "AWS_LAMBDA_FUNCTION_NAME": "dogbreeds-dev", "AWS_REGION": REGION, **environment}    # as on Lambda
     # From chalice_app/, as Lambda imports it: app.py, chalicelib/ and batch/ (vendored) top-level.
     probe = subprocess.run([sys.executable, "-c", IMPORT_PROBE], cwd=ROOT / "chalice_app", env=env,
                            capture_output=True, text=True, timeout=60, check=True)
-    report = json.loads(probe.stdout.strip().splitlines()[-1])
+    return json.loads(probe.stdout.strip().splitlines()[-1])
+
+
+def test_app_imports_only_powertools_chalice_and_the_boto_stack():
+    report = import_app()
     loaded = set(report["loaded"])             # what importing app.py added to sys.modules
     third_party = loaded - set(report["stdlib"]) - {"app", "chalicelib", "batch"}
     assert {"app", "chalicelib", "batch", "aws_lambda_powertools", "chalice"} <= loaded     # the probe measured something
     assert not set(report["all"]) & FORBIDDEN, sorted(set(report["all"]) & FORBIDDEN)
     assert third_party <= ALLOWED, sorted(third_party - ALLOWED)
+
+
+def test_the_x_ray_sdk_is_loaded_only_when_aws_calls_are_traced():
+    # the X-Ray SDK is most of a cold start: Powertools' Tracer (subsegments per boto3 call) is opt-in
+    assert "aws_xray_sdk" not in import_app()["loaded"]
+    assert "aws_xray_sdk" in import_app(DOGBREEDS_TRACE_AWS_CALLS="true")["loaded"]
 
 
 def test_the_runtime_and_the_layer_distributions_name_the_modules_app_needs():

@@ -688,8 +688,10 @@ def test_app_imports_from_the_package_with_only_the_runtime_and_the_layer_beside
     with zipfile.ZipFile(tmp_path / "lambda.zip") as archive:
         archive.extractall(root)
     layer, runtime = lambda_package.stand_in(tmp_path / "opt")
+    # with the opt-in tracer, so the layer's X-Ray SDK is loaded too
     env = lambda_package.lambda_environment(root, (layer, runtime), DOGBREEDS_BUCKET=BUCKET,
-                                            DOGBREEDS_ROLE_ARN=ROLE_ARN, DOGBREEDS_REGION=REGION)
+                                            DOGBREEDS_ROLE_ARN=ROLE_ARN, DOGBREEDS_REGION=REGION,
+                                            DOGBREEDS_TRACE_AWS_CALLS="true")
     probe = subprocess.run([sys.executable, *lambda_package.LAMBDA_PYTHON_OPTIONS, "-c", LAMBDA_IMPORT_PROBE],
                            cwd=root, env=env, capture_output=True, text=True, timeout=120)
     assert probe.returncode == 0, probe.stderr

@@ -458,6 +458,8 @@ ENV_VARIABLES = {
     "DOGBREEDS_SPOT": "true: managed spot training (default false)",
     "DOGBREEDS_MANAGED_DEBUGGER": "true: SageMaker Debugger/Profiler fields on the final run (default false)",
     "DOGBREEDS_ENDPOINT_NAME": "the endpoint's name (default dogbreeds)",
+    "DOGBREEDS_TRACE_AWS_CALLS": "true: X-Ray subsegments for the control plane's AWS calls (Powertools' Tracer; "
+                                 "adds about 0.3 s to each cold start; default false)",
 }
 
 _TRUE = ("1", "true", "yes", "on")
