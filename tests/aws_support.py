@@ -208,6 +208,8 @@ class _Patches:
 
         def delete_endpoint(backend, endpoint_name):
             endpoint = backend.endpoints.get(endpoint_name)
+            if endpoint is not None and endpoint.endpoint_status == "Deleting":   # as the local SageMaker does
+                raise ValidationError(f'Cannot delete in-progress endpoint "{endpoint.arn}".')
             if endpoint is not None and self.deletes_take_time:
                 endpoint.endpoint_status = "Deleting"
                 return

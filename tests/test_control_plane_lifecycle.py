@@ -246,3 +246,26 @@ def test_an_update_that_succeeds_after_a_roll_back_ends_serving(aws, client):
     assert (status["deployed"]["marker"], status["deployed"]["deployment"]) == (second, "Serving")
     assert len(status["deployed"]["endpoint_failures"]) == 1 and status["endpoint"]["failure_reason"] is None
     assert aws.backend.endpoints[ENDPOINT].endpoint_config_name == names.endpoint_config_name(DATASET, second)
+
+
+def test_a_failed_endpoint_seen_by_a_tick_and_its_event_at_once_is_deleted_once_and_neither_raises(aws, client):
+    # the tick's describe said Failed; by the time its DeleteEndpoint arrives the event's handler has sent one
+    aws.deletes_take_time = True
+    aws.plane.sleep = lambda seconds: None
+    marker, _ = train(aws, client, 0.85)
+    failed = aws.finish_endpoint(ENDPOINT, "Failed", CAPACITY, modified=T0)
+    assert deliver(client, failed)["actions"] == ["EnsureServing"]
+    assert aws.backend.endpoints[ENDPOINT].endpoint_status == "Deleting"
+    describe = aws.plane.sagemaker.describe_endpoint
+
+    def stale_describe(**kwargs):
+        answer = describe(**kwargs)
+        del aws.plane.sagemaker.describe_endpoint            # only the tick's first look is stale
+        return {**answer, "EndpointStatus": "Failed", "FailureReason": CAPACITY}
+    aws.plane.sagemaker.describe_endpoint = stale_describe
+    assert deliver(client, reconcile_tick()) == {"handled": True, "actions": ["EnsureServing"]}
+    assert aws.created("DeleteEndpoint") == [{"EndpointName": ENDPOINT}] * 2      # the second one refused ...
+    deployed = client.http.get("/status").json_body["deployed"]
+    assert deployed["endpoint_failures"] == [f"endpoint {ENDPOINT} failed: {CAPACITY}"]   # ... and counted once
+    assert deployed["waiting"] == (f"endpoint {ENDPOINT} is Deleting: {names.endpoint_config_name(DATASET, marker)} "
+                                   f"is deployed once it is InService")

@@ -161,7 +161,9 @@ def test_an_endpoint_made_to_fail_is_deleted_and_the_chosen_model_served_on_a_ne
     and /predict answers from it."""
     config = local_config("quick", trials=1, parallel=1, seed=3, trial_epochs=1, epochs=1, accuracy_floor=0.0)
     reason = "CapacityError: no ml.m5.large capacity (failed on purpose by the test)"
-    with LocalStack(tmp_path / "stack", config=config, cores=2, fail_endpoint_once=reason) as stack:
+    # no reconciliation tick here (every 2 s by default): the calls below are the event path's, in order
+    with LocalStack(tmp_path / "stack", config=config, cores=2, fail_endpoint_once=reason,
+                    reconcile_seconds=3600) as stack:
         calls = []
         for name in ("create_endpoint", "update_endpoint", "delete_endpoint"):
             original = getattr(stack.sagemaker, name)

@@ -394,12 +394,22 @@ class ControlPlane:
                             description.get("FailureReason"))
 
     def _delete_endpoint(self, name: str) -> None:
+        """DeleteEndpoint; done too when another delivery or a tick deleted it already (gone, or Deleting
+        and the second request refused)."""
         try:
             self.sagemaker.delete_endpoint(EndpointName=name)
         except Exception as exc:
-            if not not_found(exc):        # another delivery deleted it already
+            if not_found(exc):
+                pass
+            elif error_code(exc) == "ValidationException" and self._being_deleted(name):
+                log.info("endpoint %s is being deleted already (%s)", name, error_message(exc))
+            else:
                 raise
         log.info("endpoint %s was Failed: deleted, to create it again", name)
+
+    def _being_deleted(self, name: str) -> bool:
+        seen = self._describe_endpoint(name)
+        return seen is None or seen.status == "Deleting"
 
     def _wait_until_deleted(self, name: str) -> Optional[EndpointSeen]:
         """The endpoint after a bounded wait for its deletion: None once it is gone."""

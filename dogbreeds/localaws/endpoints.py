@@ -21,7 +21,8 @@ An endpoint changes as on SageMaker, and refuses what SageMaker refuses:
   existing endpoint"), whatever its status, ``Deleting`` included. On a ``Failed`` endpoint only
   ``DeleteEndpoint`` (and ``DescribeEndpoint``) works.
 - ``DeleteEndpoint`` stops the server at once and leaves the endpoint ``Deleting`` (with its event) for
-  ``change_seconds``; then it is gone, with no event, as on SageMaker, where nothing announces the end
+  ``change_seconds``; a second DeleteEndpoint meanwhile is refused (an assumption: SageMaker's answer
+  is not documented; refusing is the harder case for the control plane); then it is gone, with no event, as on SageMaker, where nothing announces the end
   of a deletion (the control plane's reconciliation tick notices).
 """
 
@@ -107,10 +108,13 @@ class Endpoints:
         return {"EndpointArn": current["EndpointArn"]}
 
     def delete_endpoint(self, name: str) -> dict:
-        """DeleteEndpoint, in any status: the server stops now, the endpoint is ``Deleting`` and gone
+        """DeleteEndpoint, in any status but Deleting: the server stops now, the endpoint is ``Deleting`` and gone
         after ``change_seconds`` (no event then); a create or update still running ends without effect."""
         with self.records.lock:
-            self.resources.describe("endpoint", name, "DeleteEndpoint")
+            current = self.resources.describe("endpoint", name, "DeleteEndpoint")
+            if current["EndpointStatus"] == "Deleting":
+                raise client_error("ValidationException", f'Cannot delete in-progress endpoint '
+                                   f'"{current["EndpointArn"]}".', "DeleteEndpoint")
             server = self._servers.pop(name, None)
             change = uuid.uuid4().hex
             record = self.resources.set_status("endpoint", name, "Deleting", emit=False, _Change=change,
