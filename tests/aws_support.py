@@ -15,6 +15,7 @@ app and records every SageMaker and SageMaker Runtime request exactly as the con
 from __future__ import annotations
 
 import base64
+import contextlib
 import copy
 import io
 import itertools
@@ -119,6 +120,18 @@ def reconcile_tick() -> dict:
 # --- the app, as EventBridge and API clients reach it ------------------------------------------------
 
 HANDLERS = {"aws.s3": "on_bucket_event", "aws.sagemaker": "on_sagemaker_event", "aws.events": "reconcile"}
+
+
+def without_environment_swaps(test_client):
+    """``test_client`` (Chalice's) made safe to call from several threads at once: it swaps ``os.environ``
+    for a copy with the stage's variables around each request and invocation, a process-wide swap whose
+    restores interleave across threads and can leave the session on a copy (seen: a later test's setenv
+    invisible to code that holds the real mapping). The app's stage has no variables, so the swap adds
+    nothing and is not made."""
+    assert not test_client._chalice_config.environment_variables, "the stage has no variables to set"
+    for part in (test_client.http, test_client.lambda_):
+        part._patched_env_vars = lambda _variables: contextlib.nullcontext()
+    return test_client
 
 
 def deliver(client, event, handler=None):

@@ -23,6 +23,7 @@ from typing import Dict, List, Optional, Tuple
 from botocore.auth import SIGV4_TIMESTAMP, SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
+from aws_support import without_environment_swaps
 from chalice.test import Client
 
 SERVICE = "execute-api"
@@ -84,7 +85,8 @@ class Gateway:
         self.app, self.region, self.keys, self.stage = app, region, keys, stage
         self.seen: List[Tuple[str, str, Optional[str]]] = []
         self.output = io.StringIO()
-        self._chalice = Client(app)    # requests are served one at a time (HTTPServer): one client serves them all
+        # requests are served one at a time (HTTPServer), from a thread of their own: one client serves them all
+        self._chalice = without_environment_swaps(Client(app))
         self._server: Optional[HTTPServer] = None
         self._thread: Optional[threading.Thread] = None
 

@@ -17,6 +17,19 @@ os.environ.setdefault("KINETO_LOG_LEVEL", "5")       # read when the profiler st
 
 torch.set_num_threads(2)
 
+PROCESS_ENVIRONMENT = os.environ
+
+
+@pytest.fixture(autouse=True)
+def environment_is_still_the_process_environment():
+    """Fails the test that leaves ``os.environ`` replaced by a copy (Chalice's test client swaps it around
+    each request; from two threads the swaps can interleave) and puts the real one back, so the leak is
+    named where it happens instead of breaking a later test's setenv."""
+    yield
+    if os.environ is not PROCESS_ENVIRONMENT:
+        os.environ = PROCESS_ENVIRONMENT    # noqa: B003 (putting the real mapping back is the point)
+        pytest.fail("os.environ was left replaced by a copy of itself")
+
 
 @pytest.fixture(scope="session")
 def dataset5(tmp_path_factory) -> Path:

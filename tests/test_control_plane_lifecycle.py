@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import threading
 
-from aws_support import BUCKET, DATASET, ENDPOINT, STATE_KEY, T0, deliver, reconcile_tick, state_change, train
+from aws_support import (BUCKET, DATASET, ENDPOINT, STATE_KEY, T0, deliver, reconcile_tick, state_change, train,
+                         without_environment_swaps)
 
 from chalicelib import names
 
@@ -184,6 +185,7 @@ def test_two_deliveries_of_one_training_completed_at_once_send_one_accepted_upda
             results.append(deliver(client, completed))
         except Exception as exc:           # the assertion below shows it
             errors.append(exc)
+    without_environment_swaps(client)
     threads = [threading.Thread(target=handle) for _ in range(2)]
     for thread in threads:
         thread.start()

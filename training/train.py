@@ -107,7 +107,8 @@ def _hp(cast):
     return convert
 
 
-def get_args_parser(env=os.environ) -> argparse.ArgumentParser:
+def get_args_parser(env=None) -> argparse.ArgumentParser:
+    env = os.environ if env is None else env
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     for name, default in DEFAULTS.items():
@@ -125,8 +126,9 @@ def get_args_parser(env=os.environ) -> argparse.ArgumentParser:
     return parser
 
 
-def parse_args(argv=None, env=os.environ) -> argparse.Namespace:
+def parse_args(argv=None, env=None) -> argparse.Namespace:
     """Hyperparameters from ``SM_HPS`` (if set) overridden by ``--name value`` arguments."""
+    env = os.environ if env is None else env
     parser = get_args_parser(env)
     argv = list(sys.argv[1:] if argv is None else argv)
     sm_hps = json.loads(env.get("SM_HPS") or "{}")
@@ -505,8 +507,9 @@ def write_model_dir(model_dir: Path, state: dict, args, plan, metrics: dict):
         shutil.copy2(source / name, code_dir / name)
 
 
-def write_failure(message: str, env=os.environ):
+def write_failure(message: str, env=None):
     """SageMaker shows /opt/ml/output/failure as the job's FailureReason."""
+    env = os.environ if env is None else env       # read when called, not when this module was imported
     output_dir = Path(env.get("SM_OUTPUT_DIR", "/opt/ml/output"))
     if output_dir.is_dir():
         (output_dir / "failure").write_text(message[:1024])
