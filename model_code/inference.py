@@ -7,17 +7,26 @@ was evaluated.
 
 Handler contract (DESIGN.md, Contract 2): ``model_fn(model_dir)``, ``input_fn(body, content_type)``,
 ``predict_fn(data, model)``, ``output_fn(prediction, accept)``.
+
+``model_fn`` serves the fastest *serving variant* of the network (channels_last frozen fp32, bf16) that
+the training job checked against eager fp32 and recorded as passed in model.json, that this machine runs
+natively and that passes a self-check here; otherwise eager fp32, with one log line saying why.
+``DOGBREEDS_INFERENCE_VARIANT=eager`` (or a variant's name) overrides the choice. The variants live in
+this file, not a module of their own, because a model artifact's code/ must work with inference.py alone.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import copy
 import io
 import json
+import logging
 import os
 import re
-from dataclasses import dataclass, field
+import warnings
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -31,6 +40,8 @@ from torchvision.transforms import v2 as T
 ARCHITECTURES = ("resnet18", "resnet34", "resnet50")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+log = logging.getLogger("dogbreeds.inference")
 
 # Realtime endpoints refuse bodies over 6 MB; decompression bombs are stopped by pixel count.
 MAX_BODY_BYTES = int(os.environ.get("DOGBREEDS_MAX_BODY_BYTES", 6 * 1024 * 1024))
@@ -183,7 +194,11 @@ class ModelLoadError(RuntimeError):
 
 @dataclass(eq=False)
 class LoadedModel:
-    """What ``model_fn`` returns: the network in eval mode on ``device`` plus what serving needs."""
+    """What ``model_fn`` returns: the network in eval mode on ``device`` plus what serving needs.
+
+    ``network`` is always the eager fp32 module; ``forward`` is what actually runs (the chosen serving
+    variant's logits function, or None for the eager network itself), named by ``variant``.
+    """
 
     network: nn.Module
     classes: list[str]
@@ -192,6 +207,8 @@ class LoadedModel:
     device: torch.device
     transform: Callable
     metadata: dict = field(default_factory=dict)  # model.json as read
+    forward: Callable[[torch.Tensor], torch.Tensor] | None = None
+    variant: str = "eager"
 
     def preprocess(self, images: list[Image.Image]) -> torch.Tensor:
         """RGB PIL images -> float tensor (N, 3, image_size, image_size) on the CPU."""
@@ -201,11 +218,7 @@ class LoadedModel:
         """One forward pass: (N, 3, H, W) -> float32 softmax (N, num_classes) on the CPU."""
         with torch.inference_mode():
             x = batch.to(self.device, non_blocking=True)
-            if self.device.type == "cuda":
-                with torch.autocast("cuda", dtype=torch.float16):
-                    logits = self.network(x)
-            else:
-                logits = self.network(x)
+            logits = (self.forward or self.network)(x)
             return torch.softmax(logits.float(), dim=1).cpu()
 
 
@@ -272,11 +285,27 @@ def model_fn(model_dir) -> LoadedModel:
         raise ModelLoadError(f"{weights_path} does not fit {arch} with {len(classes)} classes as "
                              f"model.json says: {exc}") from exc
     network.eval()
+    variant, forward, why = choose_variant(network, meta["image_size"], meta.get("variants"), device,
+                                           forced=_forced_variant())
+    if variant == EAGER:
+        log.warning("serving eager fp32 for %s: %s", model_dir, why)
+    else:
+        log.info("serving variant %s for %s: %s", variant, model_dir, why)
     norm = meta["normalization"]
     return LoadedModel(network=network, classes=classes, labels=meta["labels"],
                        image_size=meta["image_size"], device=device,
                        transform=eval_transform(meta["image_size"], norm["mean"], norm["std"]),
-                       metadata=meta)
+                       metadata=meta, forward=forward, variant=variant)
+
+
+def _forced_variant() -> str | None:
+    """``DOGBREEDS_INFERENCE_VARIANT``: ``eager`` or a variant's name; unset, empty or ``auto`` = choose."""
+    value = os.environ.get(VARIANT_ENV, "").strip().lower()
+    if value in ("", "auto"):
+        return None
+    if value != EAGER and value not in VARIANTS:
+        raise ModelLoadError(f"{VARIANT_ENV}={value!r} is not one of auto, {EAGER}, {', '.join(VARIANTS)}")
+    return value
 
 
 def _read_model_json(path: Path) -> dict:
@@ -313,6 +342,242 @@ def _read_model_json(path: Path) -> dict:
         raise bad(f'"normalization.std" must be positive, got {std!r}')
     meta["normalization"] = {**norm, "mean": mean, "std": std}
     return meta
+
+
+# ---------------------------------------------------------------------------------------------------
+# Serving variants: faster forms of the trained network, rebuilt from the fp32 weights at load time, so
+# no serialized graph has to load under the serving container's torch (older than the training one).
+# The training job checks each against eager fp32 on the validation split (check_variants) and records
+# the results in model.json "variants"; model_fn serves the fastest that passed and runs here
+# (choose_variant). The mechanisms and their measured speed-ups: bench/README.md.
+# ---------------------------------------------------------------------------------------------------
+
+EAGER = "eager"
+VARIANT_ENV = "DOGBREEDS_INFERENCE_VARIANT"
+EXACT_MAX_PROB_DIFF = 1e-4   # an fp32 variant's probabilities stay this close to eager's
+MIN_TOP1_AGREEMENT = 0.995   # a reduced-precision variant picks eager's top class this often
+MAX_ACCURACY_DROP = 0.005    # ... and loses at most half a point of accuracy
+# The load-time self-check catches a variant that is broken on this machine, not small drift (the
+# validation check did that): reduced precision may move a probability by a few hundredths.
+SELF_CHECK_REDUCED_MAX_PROB_DIFF = 0.05
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One way to run the network. ``build(network)`` -> a logits function of a batch on the network's
+    device (the eager network is left untouched); ``unsupported(device)`` -> why this machine cannot run
+    it natively, or None. ``exact``: fp32 arithmetic, held to EXACT_MAX_PROB_DIFF."""
+
+    name: str
+    exact: bool
+    build: Callable[[nn.Module], Callable[[torch.Tensor], torch.Tensor]]
+    unsupported: Callable[[torch.device], str | None]
+
+
+def cpu_flags() -> frozenset[str]:
+    """The CPU feature flags Linux reports (x86 ``flags``, Arm ``Features``); empty elsewhere."""
+    try:
+        text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return frozenset()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+            return frozenset(value.split())
+    return frozenset()
+
+
+def _native_bf16(device: torch.device) -> str | None:
+    if device.type == "cuda":
+        capability = torch.cuda.get_device_capability(device)
+        return None if capability >= (8, 0) else f"GPU compute capability {capability} has no native bf16"
+    if cpu_flags() & {"avx512_bf16", "amx_bf16", "bf16"}:
+        return None
+    return "this CPU has no avx512_bf16, amx_bf16 or bf16 flag (bf16 would be emulated, slower than fp32)"
+
+
+def _torchscript(device: torch.device) -> str | None:
+    return None if callable(getattr(torch.jit, "freeze", None)) else f"torch {torch.__version__} has no jit.freeze"
+
+
+def _channels_last_copy(network: nn.Module) -> nn.Module:
+    return copy.deepcopy(network).eval().to(memory_format=torch.channels_last)
+
+
+def _bf16_channels_last(network: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+    """oneDNN / cuDNN bf16 convolutions under autocast, NHWC activations."""
+    net = _channels_last_copy(network)
+    device_type = next(net.parameters()).device.type
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(device_type, dtype=torch.bfloat16):
+            return net(x.contiguous(memory_format=torch.channels_last)).float()
+    return forward
+
+
+def _fp32_frozen_channels_last(network: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+    """A frozen TorchScript graph (batch norm folded into the convolutions, weights constant), NHWC."""
+    with warnings.catch_warnings():  # TorchScript's deprecation notice: still the cheapest exact speed-up
+        warnings.simplefilter("ignore")
+        graph = torch.jit.freeze(torch.jit.script(_channels_last_copy(network)))
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        return graph(x.contiguous(memory_format=torch.channels_last))
+    return forward
+
+
+# Fastest first: model_fn serves the first one that passed and works here.
+VARIANTS: dict[str, Variant] = {v.name: v for v in (
+    Variant("bf16-cl", exact=False, build=_bf16_channels_last, unsupported=_native_bf16),
+    Variant("fp32-frozen-cl", exact=True, build=_fp32_frozen_channels_last, unsupported=_torchscript),
+)}
+
+
+@dataclass
+class VariantCheck:
+    """A variant against eager fp32 over the validation images: what model.json records under its name."""
+
+    passed: bool
+    exact: bool
+    images: int = 0
+    top1_agreement: float | None = None   # share of images where both pick the same class
+    accuracy: float | None = None
+    eager_accuracy: float | None = None
+    max_prob_diff: float | None = None    # largest |p_variant - p_eager| over every image and class
+    reason: str = ""                      # why it did not pass
+
+    def record(self) -> dict:
+        return asdict(self)
+
+
+def judge(exact: bool, images: int, top1_agreement: float, accuracy: float, eager_accuracy: float,
+          max_prob_diff: float) -> VariantCheck:
+    """Pass or fail one variant's numbers by the rule for its kind (fp32 exact, or reduced precision)."""
+    numbers = dict(images=images, top1_agreement=top1_agreement, accuracy=accuracy,
+                   eager_accuracy=eager_accuracy, max_prob_diff=max_prob_diff)
+    if images == 0:
+        return VariantCheck(False, exact, **numbers, reason="no validation images to check against")
+    if exact:
+        ok = max_prob_diff <= EXACT_MAX_PROB_DIFF
+        reason = "" if ok else f"max probability difference {max_prob_diff:.3g} > {EXACT_MAX_PROB_DIFF:g}"
+    else:
+        problems = []
+        if top1_agreement < MIN_TOP1_AGREEMENT:
+            problems.append(f"top-1 agreement {top1_agreement:.4f} < {MIN_TOP1_AGREEMENT}")
+        if eager_accuracy - accuracy > MAX_ACCURACY_DROP:
+            problems.append(f"accuracy {accuracy:.4f} is more than {MAX_ACCURACY_DROP} below eager's "
+                            f"{eager_accuracy:.4f}")
+        ok, reason = not problems, "; ".join(problems)
+    return VariantCheck(ok, exact, **numbers, reason=reason)
+
+
+def check_variants(network: nn.Module, batches, variants=None) -> dict[str, VariantCheck]:
+    """Run eager fp32 and every variant over ``batches`` (an iterable of (inputs, targets) tensors) once,
+    and judge each variant against eager. A variant that fails to build or run fails with the reason.
+    ``network``: the eager module in eval mode, on the device to check on."""
+    variants = list((variants or VARIANTS).values())
+    device = next(network.parameters()).device
+    forwards, failures = {}, {}
+    for v in variants:
+        try:
+            forwards[v.name] = v.build(network)
+        except Exception as exc:  # a graph this torch cannot build: fails that variant only
+            failures[v.name] = f"build failed: {type(exc).__name__}: {exc}"
+    seen, eager_correct = 0, 0
+    agree = {name: 0 for name in forwards}
+    correct = {name: 0 for name in forwards}
+    max_diff = {name: 0.0 for name in forwards}
+    with torch.inference_mode():
+        for inputs, targets in batches:
+            inputs, targets = inputs.to(device), targets.to(device)
+            eager = torch.softmax(network(inputs).float(), dim=1)
+            eager_top = eager.argmax(1)
+            seen += len(targets)
+            eager_correct += (eager_top == targets).sum().item()
+            for name in list(forwards):
+                try:
+                    probs = torch.softmax(forwards[name](inputs).float(), dim=1)
+                except Exception as exc:
+                    failures[name] = f"forward failed: {type(exc).__name__}: {exc}"
+                    del forwards[name]
+                    continue
+                top = probs.argmax(1)
+                agree[name] += (top == eager_top).sum().item()
+                correct[name] += (top == targets).sum().item()
+                max_diff[name] = max(max_diff[name], (probs - eager).abs().max().item())
+    checks = {}
+    for v in variants:
+        if v.name in failures:
+            checks[v.name] = VariantCheck(False, v.exact, reason=failures[v.name])
+            continue
+        rate = (lambda count: count / seen if seen else 0.0)  # noqa: E731
+        checks[v.name] = judge(v.exact, seen, rate(agree[v.name]), rate(correct[v.name]), rate(eager_correct),
+                               max_diff[v.name])
+    return checks
+
+
+def self_check_input(image_size: int, count: int = 4) -> torch.Tensor:
+    """A fixed, image-like batch (smooth random colour fields, roughly normalised) for load-time checks."""
+    generator = torch.Generator().manual_seed(1234)
+    coarse = torch.rand(count, 3, 8, 8, generator=generator)
+    fields = nn.functional.interpolate(coarse, size=(image_size, image_size), mode="bilinear", align_corners=False)
+    return (fields - 0.45) / 0.25
+
+
+def self_check(variant: Variant, forward, network: nn.Module, image_size: int) -> str | None:
+    """Why ``forward`` disagrees with the eager ``network`` on self_check_input here, or None if it agrees."""
+    device = next(network.parameters()).device
+    x = self_check_input(image_size).to(device)
+    with torch.inference_mode():
+        expected = torch.softmax(network(x).float(), dim=1)
+        got = torch.softmax(forward(x).float(), dim=1)
+        forward(x)  # a second call: a graph executor may switch to its optimised plan now
+    limit = EXACT_MAX_PROB_DIFF if variant.exact else SELF_CHECK_REDUCED_MAX_PROB_DIFF
+    diff = (got - expected).abs().max().item()
+    if not diff <= limit:  # NaN fails too
+        return f"self-check on a fixed input: max probability difference {diff:.3g} > {limit:g}"
+    return None
+
+
+def choose_variant(network: nn.Module, image_size: int, recorded: dict | None, device: torch.device,
+                   forced: str | None = None) -> tuple[str, Callable[[torch.Tensor], torch.Tensor] | None, str]:
+    """(name, logits function or None for eager, why) for this machine.
+
+    ``recorded``: model.json's "variants" (name -> VariantCheck.record()). Candidates are the variants
+    recorded as passed, fastest first; ``forced`` (a variant's name or EAGER) replaces them with that one,
+    recorded or not. A candidate is taken when this machine runs it natively, it builds, and it passes
+    self_check; otherwise the next one is tried, and eager serves when none is left.
+    """
+    if forced == EAGER:
+        return EAGER, None, f"{VARIANT_ENV}={EAGER}"
+    recorded = recorded if isinstance(recorded, dict) else {}
+    if forced:
+        candidates = [forced]
+    else:
+        candidates = [name for name in VARIANTS
+                      if isinstance(recorded.get(name), dict) and recorded[name].get("passed") is True]
+        if not candidates:
+            tried = ", ".join(f"{n} ({(r or {}).get('reason') or 'failed'})" for n, r in recorded.items()
+                              if isinstance(r, dict)) if recorded else ""
+            return EAGER, None, ("no variant passed the training job's validation check: " + tried if tried
+                                 else "model.json records no checked serving variants")
+    rejected = []
+    for name in candidates:
+        variant = VARIANTS[name]
+        reason = variant.unsupported(device)
+        if reason is None:
+            try:
+                forward = variant.build(network)
+                reason = self_check(variant, forward, network, image_size)
+            except Exception as exc:
+                reason = f"cannot build here: {type(exc).__name__}: {exc}"
+        if reason is None:
+            how = f"forced by {VARIANT_ENV}" if forced else "passed the validation check and the self-check"
+            if forced and name not in recorded:
+                how += " (not checked by the training job)"
+            return name, forward, how
+        rejected.append(f"{name}: {reason}")
+    return EAGER, None, "; ".join(rejected)
 
 
 def input_fn(body, content_type) -> InferenceRequest:

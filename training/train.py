@@ -40,7 +40,8 @@ import torch
 import torchvision
 from torch.nn import functional as F
 
-from model_code.inference import ARCHITECTURES, IMAGENET_MEAN, IMAGENET_STD, eval_transform
+from model_code.inference import (ARCHITECTURES, IMAGENET_MEAN, IMAGENET_STD, build_network, check_variants,
+                                  eval_transform)
 from training import data as data_lib
 from training.diagnostics import (ActivationProbe, RuleThresholds, StepRecorder, SystemSampler, evaluate_rules,
                                   exploding_in_step)
@@ -140,6 +141,8 @@ def parse_args(argv=None, env=None) -> argparse.Namespace:
     args, unknown = parser.parse_known_args(from_env + argv)
     if unknown:  # e.g. _tuning_objective_metric, added by SageMaker tuning jobs
         log.info("ignoring unknown arguments: %s", " ".join(unknown))
+    # A tuning trial's model is compared, not served: it skips the serving-variant checks.
+    args.tuning_trial = any(u.lstrip("-").startswith("_tuning_objective_metric") for u in unknown)
     if str(args.model_dir).startswith("s3://"):  # the SageMaker SDK sometimes passes an S3 URI here
         args.model_dir = env.get("SM_MODEL_DIR", "model")
     if args.augment == "auto":
@@ -486,8 +489,27 @@ def resume_key(args, plan) -> dict:
             "dataset": plan.fingerprint}
 
 
-def write_model_dir(model_dir: Path, state: dict, args, plan, metrics: dict):
-    """model.pth (state_dict), model.json, and code/ with the inference handlers (Contract 1)."""
+def serving_variants(state: dict, args, plan, valid_batches, device: torch.device) -> dict:
+    """model.json's "variants": each serving variant of the network built from ``state`` (as model_fn
+    builds it) checked against eager fp32 on ``valid_batches`` ((inputs, targets) pairs)."""
+    network = build_network(args.arch, len(plan.classes))
+    network.load_state_dict(state)
+    network.eval().to(device)
+    started = time.monotonic()
+    checks = check_variants(network, valid_batches)
+    for name, check in checks.items():
+        log.info("serving variant %s: %s (top-1 agreement %s, accuracy %s vs eager %s, max probability "
+                 "difference %s)%s", name, "passed" if check.passed else "failed", check.top1_agreement,
+                 check.accuracy, check.eager_accuracy, check.max_prob_diff,
+                 f": {check.reason}" if check.reason else "")
+    log.info("serving variants checked in %.1f s on %d validation images", time.monotonic() - started,
+             max((c.images for c in checks.values()), default=0))
+    return {name: check.record() for name, check in checks.items()}
+
+
+def write_model_dir(model_dir: Path, state: dict, args, plan, metrics: dict, variants: dict | None = None):
+    """model.pth (state_dict), model.json, and code/ with the inference handlers (Contract 1).
+    ``variants``: serving_variants' record (None: not checked, e.g. a tuning trial)."""
     model_dir.mkdir(parents=True, exist_ok=True)
     atomic_save(state, model_dir / "model.pth")
     write_json({
@@ -499,6 +521,7 @@ def write_model_dir(model_dir: Path, state: dict, args, plan, metrics: dict):
                     "derived_splits": plan.derived_splits},
         "versions": {"python": platform.python_version(), "torch": torch.__version__,
                      "torchvision": torchvision.__version__},
+        **({"variants": variants} if variants is not None else {}),
     }, model_dir / "model.json")
     code_dir = model_dir / "code"
     code_dir.mkdir(exist_ok=True)
@@ -734,7 +757,12 @@ def run(args) -> TrainingSummary:
         per_class, confusion = per_class_and_confusion(test, plan.classes)
         metrics = {"test_loss": test["loss"], "test_acc": test["acc"], "best_val_acc": best["val_acc"],
                    "best_epoch": best["epoch"], "epochs_run": len(history), "test_split": test_split}
-        write_model_dir(model_dir, {k: v.cpu() for k, v in model.state_dict().items()}, args, plan, metrics)
+        state_dict = {k: v.cpu() for k, v in model.state_dict().items()}
+        variants = None
+        if not getattr(args, "tuning_trial", False):
+            valid = ((x, y) for x, y, _ in iterate_loader(loader("valid"), "variants", ctx, skipped))
+            variants = serving_variants(state_dict, args, plan, valid, ctx.device)
+        write_model_dir(model_dir, state_dict, args, plan, metrics, variants)
         outcome = Outcome(history, best["epoch"], TestResult(test["loss"], test["acc"]), per_class, confusion)
     except Exception as exc:
         # PyTorch's report of a dead worker cannot interrupt this path (see WorkerDeaths)
