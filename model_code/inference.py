@@ -388,6 +388,8 @@ def cpu_flags() -> frozenset[str]:
 
 
 def _native_bf16(device: torch.device) -> str | None:
+    if _torchscript(device):
+        return _torchscript(device)
     if device.type == "cuda":
         capability = torch.cuda.get_device_capability(device)
         return None if capability >= (8, 0) else f"GPU compute capability {capability} has no native bf16"
@@ -400,26 +402,27 @@ def _torchscript(device: torch.device) -> str | None:
     return None if callable(getattr(torch.jit, "freeze", None)) else f"torch {torch.__version__} has no jit.freeze"
 
 
-def _channels_last_copy(network: nn.Module) -> nn.Module:
-    return copy.deepcopy(network).eval().to(memory_format=torch.channels_last)
+def _frozen_graph(network: nn.Module) -> torch.jit.ScriptModule:
+    """A frozen TorchScript graph of a copy of ``network``: batch norm folded into the convolutions,
+    weights constant. Built from the weights here, so no serialized graph crosses torch versions."""
+    with warnings.catch_warnings():  # TorchScript's deprecation notice: still the cheapest exact speed-up
+        warnings.simplefilter("ignore")
+        return torch.jit.freeze(torch.jit.script(network))
 
 
 def _bf16_channels_last(network: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
-    """oneDNN / cuDNN bf16 convolutions under autocast, NHWC activations."""
-    net = _channels_last_copy(network)
-    device_type = next(net.parameters()).device.type
+    """bf16 weights and NHWC activations in a frozen graph: oneDNN / cuDNN bf16 convolutions. Weights
+    cast once (autocast would cast them on every call: 10-20% slower at batch 1)."""
+    graph = _frozen_graph(copy.deepcopy(network).eval().to(memory_format=torch.channels_last).to(torch.bfloat16))
 
     def forward(x: torch.Tensor) -> torch.Tensor:
-        with torch.autocast(device_type, dtype=torch.bfloat16):
-            return net(x.contiguous(memory_format=torch.channels_last)).float()
+        return graph(x.to(torch.bfloat16).contiguous(memory_format=torch.channels_last)).float()
     return forward
 
 
 def _fp32_frozen_channels_last(network: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
-    """A frozen TorchScript graph (batch norm folded into the convolutions, weights constant), NHWC."""
-    with warnings.catch_warnings():  # TorchScript's deprecation notice: still the cheapest exact speed-up
-        warnings.simplefilter("ignore")
-        graph = torch.jit.freeze(torch.jit.script(_channels_last_copy(network)))
+    """fp32 in a frozen graph, NHWC activations."""
+    graph = _frozen_graph(copy.deepcopy(network).eval().to(memory_format=torch.channels_last))
 
     def forward(x: torch.Tensor) -> torch.Tensor:
         return graph(x.contiguous(memory_format=torch.channels_last))
