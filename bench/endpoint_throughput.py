@@ -1,7 +1,7 @@
 """Endpoint throughput: the local SageMaker endpoint server, eager and with its serving variant, vs the raw model.
 
-    .venv/bin/python bench/endpoint_throughput.py                 # about 2.5 min on 2 idle CPU cores
-    .venv/bin/python bench/endpoint_throughput.py --quick         # about 1 min: shorter measurements
+    .venv/bin/python bench/endpoint_throughput.py                 # about 4 min on 2 idle CPU cores
+    .venv/bin/python bench/endpoint_throughput.py --quick         # about 2 min: shorter measurements
     .venv/bin/python bench/endpoint_throughput.py --image-size 112 --seconds 8 --clients 1,8,32
 
 One model (resnet18 with random weights, 133 classes, 224 px: what the training defaults serve), packed
