@@ -285,10 +285,11 @@ def model_fn(model_dir) -> LoadedModel:
         raise ModelLoadError(f"{weights_path} does not fit {arch} with {len(classes)} classes as "
                              f"model.json says: {exc}") from exc
     network.eval()
-    variant, forward, why = choose_variant(network, meta["image_size"], meta.get("variants"), device,
-                                           forced=_forced_variant())
-    if variant == EAGER:
-        log.warning("serving eager fp32 for %s: %s", model_dir, why)
+    forced = _forced_variant()
+    variant, forward, why = choose_variant(network, meta["image_size"], meta.get("variants"), device, forced)
+    if variant == EAGER:  # a warning when a variant was expected: forced, or recorded by the training job
+        expected = forced != EAGER and (forced is not None or bool(meta.get("variants")))
+        log.log(logging.WARNING if expected else logging.INFO, "serving eager fp32 for %s: %s", model_dir, why)
     else:
         log.info("serving variant %s for %s: %s", variant, model_dir, why)
     norm = meta["normalization"]

@@ -211,8 +211,8 @@ def test_the_environment_forces_eager_or_a_variant_and_refuses_an_unknown_name(m
     monkeypatch.setenv("DOGBREEDS_INFERENCE_VARIANT", "eager")
     with caplog.at_level(logging.INFO, logger="dogbreeds.inference"):
         assert inf.model_fn(model_copy).variant == "eager"
-    [line] = [r.getMessage() for r in caplog.records if r.name == "dogbreeds.inference"]
-    assert line.endswith(": DOGBREEDS_INFERENCE_VARIANT=eager")
+    [line] = [r for r in caplog.records if r.name == "dogbreeds.inference"]
+    assert line.getMessage().endswith(": DOGBREEDS_INFERENCE_VARIANT=eager") and line.levelno == logging.INFO
 
     monkeypatch.setenv("DOGBREEDS_INFERENCE_VARIANT", "FP32-frozen-cl")
     assert inf.model_fn(model_copy).variant == "fp32-frozen-cl"
@@ -220,7 +220,12 @@ def test_the_environment_forces_eager_or_a_variant_and_refuses_an_unknown_name(m
     write_variants(model_copy, {})  # an older model.json: forcing still checks the variant here
     assert inf.model_fn(model_copy).variant == "fp32-frozen-cl"
     monkeypatch.delenv("DOGBREEDS_INFERENCE_VARIANT")
-    assert inf.model_fn(model_copy).variant == "eager"
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="dogbreeds.inference"):
+        assert inf.model_fn(model_copy).variant == "eager"
+    [line] = [r for r in caplog.records if r.name == "dogbreeds.inference"]
+    assert line.getMessage().endswith(": model.json records no checked serving variants")
+    assert line.levelno == logging.INFO  # nothing was expected of this model: not a warning
 
     monkeypatch.setenv("DOGBREEDS_INFERENCE_VARIANT", "int8")
     with pytest.raises(inf.ModelLoadError, match="DOGBREEDS_INFERENCE_VARIANT='int8' is not one of auto, eager"):
