@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import logging
 import threading
-import urllib.error
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable
 
 from chalicelib.sagemaker_requests import split_s3_uri
 
+from .invocations import InvocationClient
 from .job_threads import JobThreads
 from .records import now
 from .resources import Resources
@@ -45,17 +44,6 @@ def _exists(s3, bucket: str, key: str) -> bool:
         if getattr(exc, "response", {}).get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
             return False
         raise
-
-
-def post(url: str, body: bytes, content_type: str, accept: str, timeout: float = TIMEOUT_SECONDS):
-    """POST to a local inference server: (status, body bytes)."""
-    request = urllib.request.Request(f"{url}/invocations", data=body, method="POST",
-                                     headers={"Content-Type": content_type, "Accept": accept})
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            return response.status, response.read()
-    except urllib.error.HTTPError as error:
-        return error.code, error.read()
 
 
 def transform_objects(s3, server_factory: Callable, record: dict, model_dir: Path, stopping: threading.Event):
@@ -82,6 +70,7 @@ def transform_objects(s3, server_factory: Callable, record: dict, model_dir: Pat
     lock = threading.Lock()
     server = server_factory(model_dir)
     server.start()
+    client = InvocationClient()
     try:
         def one(item):
             key, size, out_key = item
@@ -91,7 +80,7 @@ def transform_objects(s3, server_factory: Callable, record: dict, model_dir: Pat
                 problem = f"{key}: {size:,} bytes is over MaxPayloadInMB ({limit // 2**20} MB)"
             else:
                 body = s3.get_object(Bucket=in_bucket, Key=key)["Body"].read()
-                status, answer = post(server.url, body, content_type, accept)
+                status, answer = client.post(server.url, body, content_type, accept, TIMEOUT_SECONDS)
                 if status == 200:
                     s3.put_object(Bucket=out_bucket, Key=out_key, Body=answer, ContentType=accept)
                     with lock:
@@ -105,6 +94,7 @@ def transform_objects(s3, server_factory: Callable, record: dict, model_dir: Pat
         with ThreadPoolExecutor(workers, thread_name_prefix="transform") as pool:
             list(pool.map(one, todo))
     finally:
+        client.close()
         server.stop()
     return written[0], skipped, sorted(failures)
 
