@@ -75,6 +75,7 @@ def _publish_metrics(event, get_response):
     finally:
         with _metrics_lock:
             metrics.flush_metrics()
+            metrics.clear_metrics()   # flush keeps them when POWERTOOLS_METRICS_DISABLED: they would pile up
 
 
 app.register_middleware(_publish_metrics, "all")
