@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/route_vs_endpoint.py                  # about 3 min on 2 idle CPU cores
     .venv/bin/python bench/route_vs_endpoint.py --quick          # shorter measurements
-    .venv/bin/python bench/route_vs_endpoint.py --soak           # 32 clients, 10,000 requests via /predict
+    .venv/bin/python bench/route_vs_endpoint.py --soak --image-size 64   # 32 clients, 10,000 requests via /predict
 
 One running ``LocalStack`` (in this process) serves a model straight from a directory
 (``LocalStack.deploy_model_dir``: resnet18, random weights, 133 classes, 224 px, as
@@ -292,6 +292,13 @@ def main(argv=None) -> int:
               f"{statistics.median(x['p50'] for x in r) * 1000:.0f} ms, endpoint "
               f"{statistics.median(x['p50'] for x in e) * 1000:.0f} ms; errors route "
               f"{sum(x['errors'] for x in r)}, endpoint {sum(x['errors'] for x in e)})")
+    print("  CPU-bound ceiling (this process's CPU per request, endpoint / route): what the route's own work")
+    print("  leaves when the CPUs are the limit; steadier than requests/s when other processes are busy")
+    for clients in args.clients:
+        e_cpu = statistics.median(x["cpu_ms"] for x in runs[("endpoint", clients)])
+        r_cpu = statistics.median(x["cpu_ms"] for x in runs[("route", clients)])
+        print(f"  {clients:2d} client(s): {e_cpu:.1f} / {r_cpu:.1f} ms = {e_cpu / r_cpu:.3f}  (route adds "
+              f"{r_cpu - e_cpu:+.1f} ms of CPU per request)")
     print()
     print(f"batch transform, {args.batch_images} objects, timed from a loaded server to the last .out")
     for t in transforms:
