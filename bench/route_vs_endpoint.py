@@ -335,8 +335,9 @@ def soak(stack, args, image_dir: Path) -> None:
           f"{r['exceptions']}; warm-up errors {r['warm_errors']}")
     print(f"  rate      {r['throughput']:.1f} requests/s over {r['elapsed']:.0f} s; p50 {r['p50'] * 1000:.0f} ms, "
           f"p99 {r['p99'] * 1000:.0f} ms")
+    quarters = ", ".join(f"{q}% {rss[min(len(rss) - 1, len(rss) * q // 100)]:.0f}" for q in (0, 25, 50, 75, 100))
     print(f"  RSS MiB   start {rss[0]:.0f}, middle {rss[len(rss) // 2]:.0f}, end {rss[-1]:.0f}, "
-          f"max {max(rss):.0f} ({len(rss)} samples, one a second)")
+          f"max {max(rss):.0f} ({len(rss)} samples, one a second; by elapsed time: {quarters})")
 
 
 def logging_quiet() -> None:

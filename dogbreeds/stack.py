@@ -20,9 +20,9 @@ The control plane is the unchanged ``chalice_app``: every local run sends the re
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
-import functools
 import os
 import socket
 import threading
