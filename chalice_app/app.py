@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import warnings
 from typing import Optional
 
@@ -62,7 +63,22 @@ if os.environ.get("DOGBREEDS_TRACE_AWS_CALLS", "").strip().lower() in ("1", "tru
     # start; without it, Lambda's active tracing still records each invocation.
     from aws_lambda_powertools import Tracer
     app.register_middleware(ConvertToMiddleware(Tracer(service=SERVICE).capture_lambda_handler), "all")
-app.register_middleware(ConvertToMiddleware(metrics.log_metrics), "all")
+# Powertools' Metrics keeps one metric set per process: Lambda runs one invocation at a time in it,
+# but the local stack's API serves many at once, so adding to it and flushing it take turns.
+_metrics_lock = threading.Lock()
+
+
+def _publish_metrics(event, get_response):
+    """Powertools' ``log_metrics``: the invocation, then its metrics as one EMF line (even if it raised)."""
+    try:
+        return get_response(event)
+    finally:
+        with _metrics_lock:
+            metrics.flush_metrics()
+            metrics.clear_metrics()   # flush keeps them when POWERTOOLS_METRICS_DISABLED: they would pile up
+
+
+app.register_middleware(_publish_metrics, "all")
 
 # EventBridge patterns. S3 sends "Object Created" to EventBridge once the bucket's EventBridge
 # notifications are on (deploy/README: `aws s3api put-bucket-notification-configuration`).
@@ -85,7 +101,8 @@ def use_control_plane(plane: Optional[ControlPlane]) -> None:
 
 def _count(name: str, value: float, dimensions: dict) -> None:
     if not dimensions:
-        metrics.add_metric(name=name, unit=MetricUnit.Count, value=value)
+        with _metrics_lock:
+            metrics.add_metric(name=name, unit=MetricUnit.Count, value=value)
         return
     with single_metric(name=name, unit=MetricUnit.Count, value=value, namespace=NAMESPACE) as metric:
         metric.add_dimension(name="service", value=SERVICE)

@@ -55,12 +55,23 @@ def _shutdown_socket(sock) -> None:
         pass
 
 
-class ContainerHTTPServer(ThreadingHTTPServer):
-    """Binds ``address`` at once (port 0: a free one) and serves ``app`` from ``start()`` on."""
+class LocalHTTPServer(ThreadingHTTPServer):
+    """A thread per connection, a deep listen backlog and no DNS lookup at bind: what every local
+    server here (the endpoint's container protocol, the local stack's API) needs under load."""
 
-    daemon_threads = True        # never keep the interpreter alive; close() still joins them
+    daemon_threads = True        # never keep the interpreter alive; server_close() still joins them
     block_on_close = True
     request_queue_size = 128     # a burst of clients connecting at once must not hit a 5-deep backlog
+
+    def server_bind(self):
+        # HTTPServer.server_bind also resolves the host name (socket.getfqdn): a DNS round trip that
+        # can stall without a network and that nothing here uses.
+        socketserver.TCPServer.server_bind(self)
+        self.server_name, self.server_port = self.server_address[:2]
+
+
+class ContainerHTTPServer(LocalHTTPServer):
+    """Binds ``address`` at once (port 0: a free one) and serves ``app`` from ``start()`` on."""
 
     def __init__(self, address, app):
         self.app = app
@@ -68,12 +79,6 @@ class ContainerHTTPServer(ThreadingHTTPServer):
         self.connections_lock = threading.Lock()
         self._thread: threading.Thread | None = None
         super().__init__(address, _Handler)
-
-    def server_bind(self):
-        # HTTPServer.server_bind also resolves the host name (socket.getfqdn): a DNS round trip that
-        # can stall without a network and that nothing here uses.
-        socketserver.TCPServer.server_bind(self)
-        self.server_name, self.server_port = self.server_address[:2]
 
     @property
     def port(self) -> int:

@@ -20,16 +20,22 @@ The control plane is the unchanged ``chalice_app``: every local run sends the re
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
+import socket
 import threading
 import time
 import uuid
 from pathlib import Path
 from typing import Optional
 
+from chalice.local import ChaliceRequestHandler
+
 from chalicelib.config import PipelineConfig
+
+from .serving_http import LocalHTTPServer
 
 os.environ.setdefault("POWERTOOLS_TRACE_DISABLED", "1")      # no X-Ray daemon on this machine
 
@@ -105,6 +111,51 @@ def scheduled_event() -> dict:
                         [f"arn:aws:events:{REGION}:000000000000:rule/dogbreeds-local-reconcile"], {})
 
 
+class ApiServer(LocalHTTPServer):
+    """The Chalice app's routes over HTTP/1.1 on ``address``: chalice.local's request handler (its
+    LocalGateway does API Gateway's routing and the app answers), one thread per keep-alive connection
+    and a listen backlog deep enough for a burst of clients (Chalice's own LocalDevServer listens with
+    5, and a burst of 32 clients had connections reset). ``close`` after ``shutdown``: idle
+    connections end at once, a request in progress gets its answer first."""
+
+    def __init__(self, address, app, config):
+        self.connections: set = set()
+        self.connections_lock = threading.Lock()
+        super().__init__(address, functools.partial(_ApiHandler, app_object=app, config=config))
+
+    def close(self) -> None:
+        with self.connections_lock:
+            connections = list(self.connections)
+        for handler in connections:
+            try:
+                handler.connection.shutdown(socket.SHUT_RD)   # the next read sees EOF; a reply in progress goes out
+            except OSError:
+                pass
+        self.server_close()                                   # joins the connection threads
+
+
+class _ApiHandler(ChaliceRequestHandler):
+    disable_nagle_algorithm = True     # headers and body go out in separate writes
+    timeout = 60.0                     # an idle keep-alive connection is closed after a minute
+    server: ApiServer
+
+    def setup(self):
+        super().setup()
+        with self.server.connections_lock:
+            self.server.connections.add(self)
+
+    def finish(self):
+        with self.server.connections_lock:
+            self.server.connections.discard(self)
+        try:
+            super().finish()
+        except OSError:                # the client went away
+            pass
+
+    def log_message(self, format, *args):     # one stderr line per request is noise in a terminal
+        log.debug("api: " + format, *args)
+
+
 HANDLERS = {"aws.s3": "on_bucket_event", "aws.sagemaker": "on_sagemaker_event", "aws.events": "reconcile"}
 
 
@@ -122,8 +173,9 @@ class LocalStack:
         self.cores = cores
         self.serve_api = serve_api
         self.api_url: Optional[str] = None
-        self._api_server = None
+        self._api_server: Optional[ApiServer] = None
         self._api_thread: Optional[threading.Thread] = None
+        self._app_class: Optional[type] = None
 
     def start(self) -> "LocalStack":
         from chalice_app import app as chalice_app
@@ -162,8 +214,8 @@ class LocalStack:
         self._ticker = threading.Thread(target=self._tick, name="reconcile", daemon=True)
         self._ticker.start()
         if self._api_server is not None:
-            self._api_thread = threading.Thread(target=self._api_server.server.serve_forever, name="api",
-                                                daemon=True)
+            self._api_thread = threading.Thread(target=self._api_server.serve_forever, name="api",
+                                                kwargs={"poll_interval": 0.1}, daemon=True)
             self._api_thread.start()
         (self.data_dir / "stack.json").write_text(json.dumps({"pid": os.getpid(), "api_url": self.api_url,
                                                               "bucket": self.config.bucket}))
@@ -175,22 +227,53 @@ class LocalStack:
         from chalicelib.names import endpoint_name
         return endpoint_name(self.config.hosting.endpoint_name)
 
+    def deploy_model_dir(self, model_dir: Path, dataset: str = "imported", marker: str = "m1") -> str:
+        """Serve a model directory trained elsewhere (``model.json``, the weights, ``code/inference.py``)
+        as if the gate had chosen it: its ``model.tar.gz`` goes into the bucket, the control plane's own
+        CreateModel and CreateEndpointConfig requests are sent, the state records it as the deployed model,
+        and the next reconciliation tick creates the endpoint. For benchmarks and tests of the serving path
+        without a training run; returns the model's name. Wait for ``plane.status()["endpoint"]``."""
+        import io
+        import tarfile
+
+        from chalicelib import names
+        from chalicelib import sagemaker_requests as requests
+        from chalicelib.state import DeployedModel
+
+        key = f"imported/{dataset}/{marker}/model.tar.gz"
+        archive = io.BytesIO()
+        with tarfile.open(fileobj=archive, mode="w:gz") as tar:
+            for path in sorted(Path(model_dir).rglob("*")):
+                if path.is_file():
+                    tar.add(path, arcname=str(path.relative_to(model_dir)))
+        self.s3.put_object(Bucket=self.config.bucket, Key=key, Body=archive.getvalue())
+        model_name = names.model_name(dataset, marker)
+        self.sagemaker.create_model(**requests.create_model(self.config, dataset, marker,
+                                                            f"s3://{self.config.bucket}/{key}"))
+        self.sagemaker.create_endpoint_config(**requests.create_endpoint_config(self.config, dataset, marker))
+        state, etag = self.plane.store.load()
+        state.deployed = DeployedModel(model_name=model_name, dataset=dataset, marker=marker, test_acc=0.0,
+                                       training_job="")
+        self.plane.store.save(state, etag)
+        return model_name
+
     def _bind_api(self) -> None:
         import warnings
 
         from chalice.config import Config
-        from chalice.local import ChaliceRequestHandler, LocalDevServer
+        from chalice.local import LocalChalice
 
-        class QuietHandler(ChaliceRequestHandler):
-            def log_message(self, format, *args):     # one stderr line per request is noise in a terminal
-                log.debug("api: " + format, *args)
-
-        # On AWS the routes' IAMAuthorizer checks SigV4; Chalice's local server (127.0.0.1 only) says
+        # On AWS the routes' IAMAuthorizer checks SigV4; Chalice's local gateway (127.0.0.1 only) says
         # once per request that it does not, which is known here.
         warnings.filterwarnings("ignore", message="IAMAuthorizer is not a supported in local mode")
-        self._api_server = LocalDevServer(self.app_module.app, Config.create(), "127.0.0.1", self.api_port,
-                                          handler_cls=QuietHandler)
-        host, port = self._api_server.server.server_address[:2]
+        app = self.app_module.app
+        if not isinstance(app, LocalChalice):
+            # Chalice keeps the request being handled in one attribute of the app, which concurrent
+            # requests would overwrite; `chalice local` makes it per thread the same way.
+            self._app_class = type(app)
+            app.__class__ = type("ThreadLocalChalice", (LocalChalice, self._app_class), {})
+        self._api_server = ApiServer(("127.0.0.1", self.api_port), app, Config.create())
+        host, port = self._api_server.server_address[:2]
         self.api_url = f"http://{host}:{port}"
 
     def _deliver(self, event: dict) -> None:
@@ -212,14 +295,18 @@ class LocalStack:
                 self._api_server.shutdown()
                 self._api_thread.join(10)
                 self._api_thread = None
-            self._api_server.server.server_close()
+            self._api_server.close()
             self._api_server = None
+        if self._app_class is not None:
+            self.app_module.app.__class__ = self._app_class
+            self._app_class = None
         self._stopping.set()
         if self._ticker is not None:
             self._ticker.join(30)
             self._ticker = None
         self.bus.stop()
         self.sagemaker.close()
+        self.runtime.close()
         self.app_module.use_control_plane(None)
         self.app_module.logger.setLevel(self._log_level)
         (self.data_dir / "stack.json").unlink(missing_ok=True)

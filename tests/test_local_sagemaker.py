@@ -568,3 +568,79 @@ def test_a_model_server_that_cannot_load_fails_the_endpoint_with_the_reason(tmp_
         assert endpoint_statuses(local) == ["Creating", "Failed"] and served_model(local) is None
     finally:
         local.sagemaker.close()
+
+
+class EchoingServer(FakeModelServer):
+    """Answers each image with its own bytes as the label; the first ``together`` requests are held
+    until that many are in flight at once (a broken barrier fails them), and the most seen is kept."""
+
+    def __init__(self, model_dir, together):
+        super().__init__()
+        self.barrier = threading.Barrier(together, timeout=10)
+        self.lock = threading.Lock()
+        self.in_flight = self.most = self.held = 0
+
+    def answer(self, body: bytes):
+        with self.lock:
+            self.in_flight += 1
+            self.most = max(self.most, self.in_flight)
+            held = self.held < self.barrier.parties
+            self.held += held
+        try:
+            if held:
+                self.barrier.wait()
+            return 200, {"predictions": [{"label": body.decode(), "probability": 1.0}]}
+        except threading.BrokenBarrierError:
+            return 500, None
+        finally:
+            with self.lock:
+                self.in_flight -= 1
+
+
+def test_a_transform_sends_max_concurrent_transforms_requests_at_once_and_writes_every_answer(tmp_path):
+    servers = []
+
+    def factory(model_dir):
+        servers.append(EchoingServer(model_dir, together=4))
+        return servers[-1]
+
+    local = Local(tmp_path, server_factory=factory)
+    try:
+        images = {f"dir{i % 3}/img{i:02d}.jpg": f"image-{i}" for i in range(12)}
+        for name, body in images.items():
+            local.s3.put_object(Bucket=BUCKET, Key=f"batch/c/input/{name}", Body=body.encode())
+        local.s3.put_object(Bucket=BUCKET, Key="jobs/m/model.tar.gz", Body=source_package("x = 1"))
+        local.sagemaker.create_model(ModelName="m", PrimaryContainer={"ModelDataUrl": f"s3://{BUCKET}/jobs/m/model.tar.gz"})
+        request = requests.create_transform_job(replace(local.config, batch=replace(local.config.batch,
+                                                                                   max_concurrent_transforms=4)),
+                                                "c", "marker-1", "m")
+        assert request["MaxConcurrentTransforms"] == 4
+        local.sagemaker.create_transform_job(**request)
+        assert local.sagemaker.wait_idle(30)
+        job = local.sagemaker.describe_transform_job(TransformJobName=request["TransformJobName"])
+        assert job["TransformJobStatus"] == "Completed", job.get("FailureReason")
+        assert servers[0].most == 4                    # four at once (the first four met), never more
+        for name, body in images.items():
+            out = local.s3.get_object(Bucket=BUCKET, Key=f"batch/c/output/{name}.out")["Body"].read()
+            assert json.loads(out)["predictions"][0]["label"] == body
+    finally:
+        local.sagemaker.close()
+
+
+@pytest.mark.parametrize("change, fragment", [
+    ({"BatchStrategy": "AllAtOnce"}, "BatchStrategy 'AllAtOnce' is not one of SingleRecord, MultiRecord"),
+    ({"MaxPayloadInMB": 101, "MaxConcurrentTransforms": 1}, "MaxPayloadInMB must be 0..100"),
+    ({"MaxPayloadInMB": 20, "MaxConcurrentTransforms": 6}, "(6 x 20) must not exceed 100 MB"),
+    ({"TransformInput": {"SplitType": "Line"}}, "SplitType 'Line' is not emulated"),
+])
+def test_create_transform_job_refuses_what_sagemaker_refuses(local, change, fragment):
+    local.sagemaker.create_model(ModelName="m", PrimaryContainer={"ModelDataUrl": f"s3://{BUCKET}/jobs/m/model.tar.gz"})
+    request = requests.create_transform_job(local.config, "c", "marker-1", "m")
+    for field, value in change.items():
+        request[field] = {**request[field], **value} if isinstance(value, dict) else value
+    with pytest.raises(ClientError) as info:
+        local.sagemaker.create_transform_job(**request)
+    assert info.value.response["Error"]["Code"] == "ValidationException"
+    assert fragment in info.value.response["Error"]["Message"]
+    with pytest.raises(ClientError):
+        local.sagemaker.describe_transform_job(TransformJobName=request["TransformJobName"])

@@ -533,7 +533,7 @@ def test_a_transform_sends_each_image_whole_and_writes_out_files_beside_the_batc
         "ContentType": "application/x-image", "CompressionType": "None", "SplitType": "None"}
     assert request["TransformOutput"] == {"S3OutputPath": "s3://dogbreeds-bucket/batch/b17/output/",
                                           "Accept": "application/json", "AssembleWith": "None"}
-    assert (request["BatchStrategy"], request["MaxPayloadInMB"], request["MaxConcurrentTransforms"]) == ("SingleRecord", 6, 2)
+    assert (request["BatchStrategy"], request["MaxPayloadInMB"], request["MaxConcurrentTransforms"]) == ("SingleRecord", 6, 16)
     assert request["TransformResources"] == {"InstanceType": "ml.m5.large", "InstanceCount": 1}
 
 

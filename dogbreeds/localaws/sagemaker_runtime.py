@@ -8,13 +8,14 @@ by the model's handlers is a ``ModelError`` ClientError carrying ``OriginalStatu
 
 from __future__ import annotations
 
+import http.client
 import io
 
 from botocore.exceptions import ClientError
 
 from .resources import ACCOUNT
 from .sagemaker import LocalSageMaker
-from .transform import post
+from .invocations import InvocationClient
 
 
 class _Body(io.BytesIO):
@@ -31,6 +32,7 @@ class _Body(io.BytesIO):
 class LocalSageMakerRuntime:
     def __init__(self, sagemaker: LocalSageMaker):
         self.sagemaker = sagemaker
+        self._client = InvocationClient()     # kept-alive connections to the endpoints' servers
 
     def invoke_endpoint(self, EndpointName: str, Body, ContentType: str = "application/octet-stream",
                         Accept: str = "application/json", **_) -> dict:
@@ -41,8 +43,8 @@ class LocalSageMakerRuntime:
                                "ResponseMetadata": {"HTTPStatusCode": 400}}, "InvokeEndpoint")
         body = Body.encode() if isinstance(Body, str) else bytes(Body)
         try:
-            status, answer = post(url, body, ContentType, Accept, timeout=60)
-        except OSError as exc:
+            status, answer = self._client.post(url, body, ContentType, Accept, timeout=60)
+        except (OSError, http.client.HTTPException) as exc:
             raise ClientError({"Error": {"Code": "ServiceUnavailable", "Message": f"endpoint unreachable: {exc}"},
                                "ResponseMetadata": {"HTTPStatusCode": 503}}, "InvokeEndpoint") from exc
         if status == 200:
@@ -54,3 +56,7 @@ class LocalSageMakerRuntime:
                                                 f"\"{text[:500]}\"."},
                            "OriginalStatusCode": status, "OriginalMessage": text,
                            "ResponseMetadata": {"HTTPStatusCode": 424}}, "InvokeEndpoint")
+
+    def close(self) -> None:
+        """Close the kept-alive connections to the endpoints."""
+        self._client.close()

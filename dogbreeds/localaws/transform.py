@@ -1,34 +1,43 @@
 """Batch transform on this machine: every object under the input prefix through the model's own
 inference server, one ``<key>.out`` per object, resumable.
 
-As on SageMaker with ``SplitType: None`` and ``BatchStrategy: SingleRecord``, each object is one
-request (``ContentType`` from the job, ``Accept`` from its output config) and its answer is written
-to ``<output prefix>/<key relative to the input prefix>.out``. Objects whose ``.out`` already exists
+As on SageMaker with ``SplitType: None``, each object is one record and one request (``ContentType``
+from the job, ``Accept`` from its output config), whatever the ``BatchStrategy`` (``MultiRecord``
+packs the records split out of one object, and there is no split), and its answer is written to
+``<output prefix>/<key relative to the input prefix>.out``. Objects whose ``.out`` already exists
 are skipped, so a transform interrupted halfway and run again finishes without redoing them.
-Up to ``MaxConcurrentTransforms`` requests are in flight; an object over ``MaxPayloadInMB`` or one
-the handlers refuse is a failure of that object (named in the job's FailureReason), and the rest
-still run.
+Up to ``MaxConcurrentTransforms`` requests are in flight (unset or 0: 1, SageMaker's default for a
+container without execution parameters), over kept-alive connections, each given
+``ModelClientConfig.InvocationsTimeoutInSeconds``; a server with dynamic batching needs about its
+batch size in flight to be as fast as under load (bench/route_vs_endpoint.py). An object over
+``MaxPayloadInMB`` or one the handlers refuse is a failure of that object (named in the job's
+FailureReason), and the rest still run.
+
+Refused as CreateTransformJob refuses them: an unknown ``BatchStrategy``, ``MaxPayloadInMB`` over 100
+and ``MaxConcurrentTransforms`` x ``MaxPayloadInMB`` over 100. Refused because it is not emulated: a
+``SplitType`` other than ``None``.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-import urllib.error
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable
 
 from chalicelib.sagemaker_requests import split_s3_uri
 
+from .invocations import InvocationClient
 from .job_threads import JobThreads
 from .records import now
-from .resources import Resources
+from .resources import Resources, client_error
 
 log = logging.getLogger(__name__)
 
-TIMEOUT_SECONDS = 120
+INVOCATION_TIMEOUT_SECONDS = 600      # SageMaker's default InvocationsTimeoutInSeconds
+PAYLOAD_LIMIT_MB = 100
+BATCH_STRATEGIES = ("SingleRecord", "MultiRecord")
 
 
 def _objects(s3, bucket: str, prefix: str):
@@ -47,17 +56,6 @@ def _exists(s3, bucket: str, key: str) -> bool:
         raise
 
 
-def post(url: str, body: bytes, content_type: str, accept: str, timeout: float = TIMEOUT_SECONDS):
-    """POST to a local inference server: (status, body bytes)."""
-    request = urllib.request.Request(f"{url}/invocations", data=body, method="POST",
-                                     headers={"Content-Type": content_type, "Accept": accept})
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            return response.status, response.read()
-    except urllib.error.HTTPError as error:
-        return error.code, error.read()
-
-
 def transform_objects(s3, server_factory: Callable, record: dict, model_dir: Path, stopping: threading.Event):
     """Send the objects of one transform job through a server of ``model_dir``; returns (objects
     written, objects skipped as done, failures)."""
@@ -69,6 +67,8 @@ def transform_objects(s3, server_factory: Callable, record: dict, model_dir: Pat
     content_type = record["TransformInput"].get("ContentType", "application/x-image")
     accept = record["TransformOutput"].get("Accept", "application/json")
     limit = int(record.get("MaxPayloadInMB", 6)) * 1024 * 1024
+    timeout = float(record.get("ModelClientConfig", {}).get("InvocationsTimeoutInSeconds",
+                                                             INVOCATION_TIMEOUT_SECONDS))
     todo, skipped = [], 0
     for key, size in _objects(s3, in_bucket, in_prefix):
         out_key = out_prefix + key[len(in_prefix):].lstrip("/") + ".out"
@@ -82,6 +82,7 @@ def transform_objects(s3, server_factory: Callable, record: dict, model_dir: Pat
     lock = threading.Lock()
     server = server_factory(model_dir)
     server.start()
+    client = InvocationClient()
     try:
         def one(item):
             key, size, out_key = item
@@ -91,7 +92,7 @@ def transform_objects(s3, server_factory: Callable, record: dict, model_dir: Pat
                 problem = f"{key}: {size:,} bytes is over MaxPayloadInMB ({limit // 2**20} MB)"
             else:
                 body = s3.get_object(Bucket=in_bucket, Key=key)["Body"].read()
-                status, answer = post(server.url, body, content_type, accept)
+                status, answer = client.post(server.url, body, content_type, accept, timeout)
                 if status == 200:
                     s3.put_object(Bucket=out_bucket, Key=out_key, Body=answer, ContentType=accept)
                     with lock:
@@ -101,12 +102,33 @@ def transform_objects(s3, server_factory: Callable, record: dict, model_dir: Pat
             with lock:
                 failures.append(problem)
 
-        workers = max(1, int(record.get("MaxConcurrentTransforms", 1)))
+        workers = int(record.get("MaxConcurrentTransforms") or 1)
         with ThreadPoolExecutor(workers, thread_name_prefix="transform") as pool:
             list(pool.map(one, todo))
     finally:
+        client.close()
         server.stop()
     return written[0], skipped, sorted(failures)
+
+
+def transform_request_problem(request: dict):
+    """What CreateTransformJob refuses in ``request`` (or the local runtime does not emulate), or None."""
+    strategy = request.get("BatchStrategy")
+    if strategy is not None and strategy not in BATCH_STRATEGIES:
+        return f"BatchStrategy {strategy!r} is not one of {', '.join(BATCH_STRATEGIES)}"
+    split = request.get("TransformInput", {}).get("SplitType", "None")
+    if split != "None":
+        return f"SplitType {split!r} is not emulated by the local runtime: each object is one record (None)"
+    payload = request.get("MaxPayloadInMB", 6)
+    concurrency = request.get("MaxConcurrentTransforms", 0)
+    if not 0 <= payload <= PAYLOAD_LIMIT_MB:
+        return f"MaxPayloadInMB must be 0..{PAYLOAD_LIMIT_MB}, got {payload}"
+    if concurrency < 0:
+        return f"MaxConcurrentTransforms must not be negative, got {concurrency}"
+    if concurrency * payload > PAYLOAD_LIMIT_MB:
+        return (f"MaxConcurrentTransforms x MaxPayloadInMB ({concurrency} x {payload}) must not exceed "
+                f"{PAYLOAD_LIMIT_MB} MB")
+    return None
 
 
 class TransformJobs:
@@ -122,6 +144,9 @@ class TransformJobs:
     def create(self, request: dict) -> dict:
         """CreateTransformJob: the model must exist; the job runs in a thread."""
         name = request["TransformJobName"]
+        problem = transform_request_problem(request)
+        if problem:
+            raise client_error("ValidationException", problem, "CreateTransformJob")
         self.resources.require_new("transform", name, "CreateTransformJob")
         self.resources.describe("model", request["ModelName"], "CreateTransformJob")
         record = {**request, "TransformJobArn": self.resources.arn("transform", name),
