@@ -17,8 +17,9 @@ Trust nothing: a set is used only when its manifest parses, names the expected k
 is present with the recorded sha256 and the shape the dataset plan expects (one row per readable image,
 ``d`` = the backbone's output width). Anything else is logged and the set is recomputed.
 
-Writing is atomic: the set is written into ``<store>/.<key>.tmp-<pid>-<random>/`` (manifest last) and
-renamed to ``<store>/<key>/``; a reader sees a whole set or none. If the name is taken by then, another
+Writing is atomic: the set is written into a scratch folder beside the store (``<store>/../.<store
+name>-<key>.tmp-*``, outside the folder SageMaker syncs, so no half-written copy is ever uploaded; inside
+the store when the parent is not writable), manifest last, and renamed to ``<store>/<key>/``; a reader sees a whole set or none. If the name is taken by then, another
 run won the race and this copy is dropped, or a bad set is replaced. Runs sharing one store on one
 machine take ``<store>/.<key>.lock`` while they look and extract, so concurrent trials extract once.
 
@@ -32,6 +33,7 @@ bucket folder directly.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import json
@@ -39,6 +41,7 @@ import logging
 import os
 import secrets
 import shutil
+import tempfile
 from pathlib import Path
 
 import torch
@@ -127,12 +130,20 @@ class FeatureStore:
         except Exception as exc:  # a broken file of any kind: recompute, never trust
             return None, f"unreadable ({type(exc).__name__}: {exc})"
 
+    def _scratch(self, key: str) -> Path:
+        """A new empty folder to write set ``key`` into: beside the store if possible, else inside it."""
+        for parent in (self.root.parent, self.root):
+            try:
+                return Path(tempfile.mkdtemp(prefix=f".{self.root.name}-{key}.tmp-", dir=parent))
+            except OSError:
+                continue
+        raise OSError(f"cannot write a feature set beside or inside {self.root}")
+
     def save(self, key: str, inputs: dict, features: dict, skipped: list, expected_rows: dict) -> Path:
         """Write set ``key`` atomically; returns its folder. Called when ``load`` found none or a bad one,
         under ``lock``: a folder already named ``key`` is replaced."""
         self.root.mkdir(parents=True, exist_ok=True)
-        tmp = self.root / f".{key}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
-        tmp.mkdir()
+        tmp = self._scratch(key)
         try:
             splits = {}
             for split in SPLITS:
@@ -149,8 +160,16 @@ class FeatureStore:
                 shutil.rmtree(final, ignore_errors=True)
             try:
                 os.rename(tmp, final)
-            except OSError:      # another run renamed its copy in between: keep that one
+            except OSError as exc:
+                if exc.errno != errno.EXDEV:   # another run renamed its copy in between: keep that one
+                    shutil.rmtree(tmp, ignore_errors=True)
+                    return final
+                # the scratch folder is on another filesystem: copy into the store, then rename there
+                inside = self.root / f".{key}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
+                shutil.copytree(tmp, inside)
                 shutil.rmtree(tmp, ignore_errors=True)
+                tmp = inside
+                os.rename(tmp, final)
             return final
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
