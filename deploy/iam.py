@@ -132,16 +132,18 @@ def execution_role_policy(bucket: str, *, region: Optional[str] = None, account:
     (needs ``region``): also pull SageMaker Debugger's rule image, for the opt-in.
 
     - S3 read: ``datasets/`` (channels), ``batch/`` (transform inputs), ``code/`` (sourcedir.tar.gz),
-      ``jobs/`` (the model.tar.gz that endpoints and transforms load) and ``checkpoints/`` (resume).
-    - S3 write: ``jobs/`` (outputs, model artifacts), ``checkpoints/``, ``batch/<id>/output/``.
+      ``jobs/`` (the model.tar.gz that endpoints and transforms load), ``checkpoints/`` (resume) and
+      ``features/`` (feature sets shared by head-only tuning trials).
+    - S3 write: ``jobs/`` (outputs, model artifacts), ``checkpoints/``, ``features/``, ``batch/<id>/output/``.
     - ECR: pull the PyTorch training and inference DLC images.
     - CloudWatch: logs under ``/aws/sagemaker/*``; metrics in ``/aws/sagemaker/*`` namespaces.
     """
     p = partition(region or "")
     where = f"{region or '*'}:{account or '*'}"
     bucket_arn = f"arn:{p}:s3:::{bucket}"
-    read = (layout.datasets, layout.batches, layout.code, layout.jobs, layout.checkpoints)
-    write = _objects(bucket_arn, (layout.jobs, layout.checkpoints)) + [f"{bucket_arn}/{layout.batches}*/output/*"]
+    read = (layout.datasets, layout.batches, layout.code, layout.jobs, layout.checkpoints, layout.features)
+    write = (_objects(bucket_arn, (layout.jobs, layout.checkpoints, layout.features))
+             + [f"{bucket_arn}/{layout.batches}*/output/*"])
     registry = dlc_account(region) if region else "763104351884"
     repositories = [f"arn:{p}:ecr:{region or '*'}:{registry}:repository/{name}" for name in DLC_REPOSITORIES]
     if managed_debugger:

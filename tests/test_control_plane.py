@@ -52,6 +52,10 @@ def test_the_whole_chain_from_a_published_dataset_to_batch_predictions(aws, clie
     assert definition["RoleArn"] == ROLE_ARN
     channels = {c["ChannelName"]: c["DataSource"]["S3DataSource"]["S3Uri"] for c in definition["InputDataConfig"]}
     assert channels == {split: f"s3://{BUCKET}/datasets/{DATASET}/{split}/" for split in ("train", "valid", "test")}
+    # head-only trials share backbone feature sets through the dataset's features/ prefix
+    assert definition["CheckpointConfig"] == {"S3Uri": f"s3://{BUCKET}/features/{DATASET}/",
+                                              "LocalPath": "/opt/ml/features"}
+    assert static["feature-store"] == '"/opt/ml/features"'
 
     # 2. tuning Completed -> one training request with the best trial's hyperparameters, instrumented
     aws.set_best_trial(tuning_name, BEST)

@@ -429,9 +429,11 @@ def test_the_execution_role_allows_what_the_jobs_read_and_write_and_nothing_else
     transform = requests.create_transform_job(config, "b1", "etag2", model["ModelName"])
 
     reads = [c["DataSource"]["S3DataSource"]["S3Uri"] for c in training["InputDataConfig"]]
-    reads += [transform["TransformInput"]["DataSource"]["S3DataSource"]["S3Uri"], training["CheckpointConfig"]["S3Uri"]]
+    features = tuning["TrainingJobDefinition"]["CheckpointConfig"]["S3Uri"]   # shared by head-only trials
+    reads += [transform["TransformInput"]["DataSource"]["S3DataSource"]["S3Uri"], training["CheckpointConfig"]["S3Uri"],
+              features]
     writes = [training["OutputDataConfig"]["S3OutputPath"], tuning["TrainingJobDefinition"]["OutputDataConfig"]["S3OutputPath"],
-              training["CheckpointConfig"]["S3Uri"], transform["TransformOutput"]["S3OutputPath"]]
+              training["CheckpointConfig"]["S3Uri"], transform["TransformOutput"]["S3OutputPath"], features]
     for prefix in reads:                              # listed, then each object read
         bucket, key = _split(prefix)
         assert allowed(policy, "s3:ListBucket", bucket, {"s3:prefix": key}), prefix

@@ -23,7 +23,8 @@ from paths import ROOT
 
 from chalicelib import names
 from chalicelib import sagemaker_requests as requests
-from chalicelib.config import (PROFILES, STRATEGIES, BatchConfig, BucketLayout, ConfigError, ContinuousRange,
+from chalicelib.config import (PROFILES, STRATEGIES, BatchConfig, BucketLayout, CategoricalRange, ConfigError,
+                               ContinuousRange,
                                FrameworkConfig, HostingConfig, ManagedDebuggerConfig, PipelineConfig, TrainingResources,
                                TuningConfig)
 from deploy.lambda_package import VENDORED
@@ -275,7 +276,7 @@ def test_tuning_trials_get_the_trial_statics_and_script_mode_hyperparameters_jso
     static = tuning_request("Bayesian")["TrainingJobDefinition"]["StaticHyperParameters"]
     assert static == {
         "finetune": '"head"', "weights": '"imagenet"', "image-size": "224", "epochs": "5",
-        "early-stopping-patience": "2", "profile-steps": "0",
+        "early-stopping-patience": "2", "profile-steps": "0", "feature-store": '"/opt/ml/features"',
         "sagemaker_program": '"training/train.py"', "sagemaker_submit_directory": json.dumps(SOURCE),
         "sagemaker_region": '"us-east-1"', "sagemaker_container_log_level": "20",
     }
@@ -293,7 +294,9 @@ def test_tuning_trials_read_the_dataset_channels_and_write_below_the_tuning_jobs
     assert {c["InputMode"] for c in channels.values()} == {"File"}
     name = request["HyperParameterTuningJobName"]
     assert definition["OutputDataConfig"] == {"S3OutputPath": f"s3://dogbreeds-bucket/jobs/{name}/"}
-    assert "CheckpointConfig" not in definition
+    # head-only trials share backbone features: SageMaker syncs the dataset's feature sets with /opt/ml/features
+    assert definition["CheckpointConfig"] == {"S3Uri": "s3://dogbreeds-bucket/features/dogImages/",
+                                              "LocalPath": "/opt/ml/features"}
     assert {t["Key"]: t["Value"] for t in request["Tags"]} == {
         "dogbreeds:stage": "tuning", "dogbreeds:dataset": "dogImages",
         "dogbreeds:marker": "9b2cf535f27731c974343645a3985328"}
@@ -807,3 +810,37 @@ def test_chalicelib_imports_only_the_standard_library_the_lambda_runtimes_boto3_
                      if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module}
         allowed = set(sys.stdlib_module_names) | LAMBDA_RUNTIME_PACKAGES | set(VENDORED)   # batch/
         assert imported <= allowed, (module.name, imported - allowed)
+
+
+@pytest.mark.parametrize("change, shares", [
+    ({}, True),
+    ({"static": {"augment": "none"}}, True),
+    ({"static": {"finetune": "full"}}, False),
+    ({"static": {"augment": "flip"}}, False),
+    ({"static": {"feature-cache": "off"}}, False),
+    ({"share_features": False}, False),
+    ({"tuned": CategoricalRange("finetune", ("head", "full"))}, False),
+])
+def test_only_trials_that_train_a_head_on_cached_features_share_a_feature_store(change, shares):
+    base = TuningConfig()
+    static = {**base.static_hyperparameters, **change.get("static", {})}
+    categorical = base.categorical_ranges + ((change["tuned"],) if "tuned" in change else ())
+    if "tuned" in change:
+        static.pop("finetune")
+    tuning = replace(base, static_hyperparameters=static, categorical_ranges=categorical,
+                     share_features=change.get("share_features", True))
+    assert requests.shares_features(tuning) is shares
+    definition = requests.create_hyper_parameter_tuning_job(make_config(tuning=tuning), "dogImages", ETAG,
+                                                            SOURCE)["TrainingJobDefinition"]
+    if shares:
+        assert definition["CheckpointConfig"] == {"S3Uri": "s3://dogbreeds-bucket/features/dogImages/",
+                                                  "LocalPath": requests.FEATURE_STORE_LOCAL_PATH}
+        assert definition["StaticHyperParameters"]["feature-store"] == json.dumps(requests.FEATURE_STORE_LOCAL_PATH)
+    else:
+        assert "CheckpointConfig" not in definition
+        assert "feature-store" not in definition["StaticHyperParameters"]
+    # the instrumented run keeps its own checkpoints either way
+    training = requests.create_training_job(make_config(tuning=tuning), "dogImages", ETAG, SOURCE, {
+        "lr": "0.01", "weight-decay": "0.01", "eps": "1e-08", "batch-size": "32", "arch": '"resnet18"',
+        **({"finetune": '"head"'} if "tuned" in change else {})})
+    assert training["CheckpointConfig"]["LocalPath"] == "/opt/ml/checkpoints"

@@ -86,8 +86,13 @@ def sdk_tuning_request(config: PipelineConfig) -> dict:
         ranges = {r.name: ContinuousParameter(r.min_value, r.max_value, scaling_type=r.scaling)
                   for r in tuning.continuous_ranges}
     ranges.update({r.name: CategoricalParameter(list(r.values)) for r in tuning.categorical_ranges})
+    checkpoints = {}
+    if requests.shares_features(tuning):   # head-only trials: the shared feature store, as a tuner's estimator says it
+        static["feature-store"] = "/opt/ml/features"
+        checkpoints = {"checkpoint_s3_uri": f"s3://{config.bucket}/features/{DATASET}/",
+                       "checkpoint_local_path": "/opt/ml/features"}
     with stubbed_session(config.region, ["create_hyper_parameter_tuning_job"]) as (session, recorded):
-        estimator = _estimator(config, session, static, f"s3://{config.bucket}/jobs/{name}/")
+        estimator = _estimator(config, session, static, f"s3://{config.bucket}/jobs/{name}/", **checkpoints)
         tuner = HyperparameterTuner(
             estimator, tuning.objective_metric, ranges, objective_type=tuning.objective_type,
             metric_definitions=[dict(m) for m in requests.METRIC_DEFINITIONS], strategy=tuning.strategy,
@@ -237,6 +242,8 @@ def _assert_agrees(ours: dict, sdk: dict, differences: list) -> None:
 
 TUNING_CASES = {
     "bayesian": TuningConfig(),
+    "full-finetune": TuningConfig(static_hyperparameters={**TuningConfig().static_hyperparameters,
+                                                          "finetune": "full"}),
     "random-seeded": TuningConfig(strategy="Random", random_seed=7),
     "hyperband": TuningConfig(strategy="Hyperband"),
     "grid": TuningConfig(strategy="Grid"),

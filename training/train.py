@@ -43,6 +43,7 @@ from torch.nn import functional as F
 from model_code.inference import (ARCHITECTURES, IMAGENET_MEAN, IMAGENET_STD, build_network, check_variants,
                                   eval_transform)
 from training import data as data_lib
+from training import features as features_lib
 from training.diagnostics import (ActivationProbe, RuleThresholds, StepRecorder, SystemSampler, evaluate_rules,
                                   exploding_in_step)
 from training.models import (FINETUNE_MODES, WEIGHTS_FALLBACKS, WeightsUnavailable, backbone_of, create_model,
@@ -65,6 +66,7 @@ DEFAULTS = {
     "image-size": 224,
     "augment": "auto",                # auto (none for head, standard for full) | none | flip | standard
     "feature-cache": "auto",          # auto: cache backbone features when finetune=head, augment=none | off
+    "feature-store": "",              # folder of shared feature sets (training/features.py); "" = <checkpoint-dir>/features
     "seed": 0,
     "early-stopping-patience": 3,     # epochs without a better val_acc before stopping; 0 = never stop early
     "num-workers": -1,                # -1: one per CPU but one, at most 8
@@ -485,7 +487,7 @@ def per_class_and_confusion(result: dict, classes: list[str]) -> tuple[list[dict
 def resume_key(args, plan) -> dict:
     """What must match for a checkpoint to be continued rather than ignored."""
     hp = hyperparameters(args)
-    return {"hyperparameters": {k: v for k, v in hp.items() if k not in ("num-workers", "profile-steps")},
+    return {"hyperparameters": {k: v for k, v in hp.items() if k not in ("num-workers", "profile-steps", "feature-store")},
             "dataset": plan.fingerprint}
 
 
@@ -546,25 +548,48 @@ class BatchSource(NamedTuple):
     eval_batches: Callable   # split -> iterable of (inputs, targets, data_seconds)
 
 
+# The batch size of feature extraction: fixed, so a shared feature set does not depend on which trial
+# (and which batch-size hyperparameter) computed it.
+EXTRACT_BATCH_SIZE = 64
+
+
+def feature_inputs(args, ctx, plan, backbone) -> dict:
+    """What a feature set depends on (training/features.py hashes it into the set's key)."""
+    return {"dataset": plan.fingerprint, "arch": args.arch, "backbone_sha256": features_lib.weights_digest(backbone),
+            "image_size": args.image_size, "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD),
+            "device": ctx.device.type, "precision": str(ctx.amp_dtype or torch.float32)}
+
+
 def cached_source(args, ctx, model, plan, loader, skipped) -> BatchSource:
-    """Backbone features computed once per image (or loaded from the checkpoint directory); the head
-    trains on them. Valid because the backbone is frozen in eval mode and the pixels never change."""
+    """Backbone features computed once per image, or read from the feature store when a whole set with
+    the same key is there (training/features.py); the head trains on them. Valid because the backbone
+    is frozen in eval mode and the pixels never change."""
     backbone = backbone_of(model).eval()
-    cache_file = Path(args.checkpoint_dir) / f"features-{plan.fingerprint}-{args.arch}-{args.image_size}.pt"
-    key = {"weights": args.weights, "seed": args.seed}
-    cached = torch.load(cache_file, weights_only=True) if cache_file.exists() else None
-    if cached and cached.get("key") == key:
-        features = cached["features"]
-        skipped += [s for s in cached["skipped"] if s not in skipped]
-        log.info("loaded cached features from %s", cache_file)
-    else:
-        features = {}
-        for split in data_lib.SPLITS:
-            t0 = time.perf_counter()
-            features[split] = extract_features(backbone, loader(split), f"extract-{split}", ctx, skipped)
-            log.info("computed %s features for %d images in %.1fs", split, len(features[split][1]),
-                     time.perf_counter() - t0)
-        atomic_save({"key": key, "features": features, "skipped": skipped}, cache_file)
+    store = features_lib.FeatureStore(args.feature_store or Path(args.checkpoint_dir) / "features")
+    inputs = feature_inputs(args, ctx, plan, backbone)
+    key = features_lib.feature_key(inputs)
+    rows = {split: len(plan.samples[split]) for split in data_lib.SPLITS}
+    with store.lock(key):
+        found, why = store.load(key, rows, model.fc.in_features)
+        if found is not None:
+            features, stored_skipped = found
+            skipped += [s for s in stored_skipped if s not in skipped]
+            log.info("loaded feature set %s from %s", key, store.root)
+            ctx.metrics.write("features", source="loaded", key=key, images=0, store=str(store.root))
+        else:
+            if why != "absent":
+                log.warning("feature set %s in %s is not usable, recomputing: %s", key, store.root, why)
+            features, images = {}, 0
+            for split in data_lib.SPLITS:
+                t0 = time.perf_counter()
+                features[split] = extract_features(backbone, loader(split, batch_size=EXTRACT_BATCH_SIZE),
+                                                   f"extract-{split}", ctx, skipped)
+                images += len(features[split][1])
+                log.info("computed %s features for %d images in %.1fs", split, len(features[split][1]),
+                         time.perf_counter() - t0)
+            store.save(key, inputs, features, skipped, rows)
+            ctx.metrics.write("features", source="computed", key=key, images=images, store=str(store.root),
+                              reason=why)
     ctx.profiler.stop()
 
     def train_batches(epoch):
@@ -737,8 +762,9 @@ def run(args) -> TrainingSummary:
                     for split in data_lib.SPLITS}
         pin = ctx.device.type == "cuda"
 
-        def loader(split, epoch=0, shuffle=False):
-            return data_lib.make_loader(datasets[split], args.batch_size, args.num_workers, pin_memory=pin,
+        def loader(split, epoch=0, shuffle=False, batch_size=None):
+            return data_lib.make_loader(datasets[split], batch_size or args.batch_size, args.num_workers,
+                                        pin_memory=pin,
                                         shuffle_seed=args.seed if shuffle else None, epoch=epoch, timeout=300)
 
         source = (cached_source if ctx.mode == "cached" else image_source)(args, ctx, model, plan, loader, skipped)

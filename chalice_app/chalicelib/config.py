@@ -227,6 +227,9 @@ class TuningConfig:
     hyperband_max_epochs: int = 10
     max_grid_training_jobs: int = 32
     random_seed: Optional[int] = None   # set it to make a tuning job's choices repeatable
+    # Head-only trials share one backbone feature extraction per feature key through features/<dataset>/
+    # (sagemaker_requests.shares_features); False: every trial extracts its own (bench/default_profile.py).
+    share_features: bool = True
 
     def __post_init__(self):
         object.__setattr__(self, "static_hyperparameters", _frozen(self.static_hyperparameters))
@@ -430,6 +433,7 @@ class BucketLayout:
     jobs: str = "jobs/"                # job outputs: s3://<bucket>/jobs/<job-name>/
     checkpoints: str = "checkpoints/"  # s3://<bucket>/checkpoints/<training-job-name>/
     code: str = "code/"                # content-addressed sourcedir.tar.gz packages
+    features: str = "features/"        # backbone feature sets shared by head-only trials: features/<dataset>/<key>/
     state: str = "pipeline/"           # pipeline state records
 
     @property
@@ -438,7 +442,8 @@ class BucketLayout:
         return f"{self.state}state.json"
 
     def __post_init__(self):
-        bad = [p for p in (self.datasets, self.batches, self.jobs, self.checkpoints, self.code, self.state)
+        bad = [p for p in (self.datasets, self.batches, self.jobs, self.checkpoints, self.code, self.features,
+                                 self.state)
                if not p.endswith("/") or p.startswith("/")]
         if bad:
             _check([f"bucket prefixes must end with '/' and not start with one: {bad}"])

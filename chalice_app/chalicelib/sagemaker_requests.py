@@ -33,6 +33,9 @@ ENTRY_POINT = "training/train.py"
 CHANNELS = ("train", "valid", "test")
 IMAGE_CONTENT_TYPE = "application/x-image"
 CHECKPOINT_LOCAL_PATH = "/opt/ml/checkpoints"
+# Where a head-only tuning trial finds and leaves backbone feature sets (train.py's feature-store); the
+# tuning job's CheckpointConfig syncs it with features/<dataset>/ (see shares_features).
+FEATURE_STORE_LOCAL_PATH = "/opt/ml/features"
 
 # One regex per number train.py prints (Contract 1):
 #   epoch=3 train_loss=0.4123 train_acc=0.8812 val_loss=0.5231 val_acc=0.8431
@@ -202,6 +205,12 @@ def checkpoint_uri(config: PipelineConfig, training_job_name: str) -> str:
     return _s3(config, f"{config.layout.checkpoints}{training_job_name}/")
 
 
+def feature_store_uri(config: PipelineConfig, dataset: str) -> str:
+    """``s3://<bucket>/features/<dataset>/``: the dataset's backbone feature sets, one ``<key>/`` each
+    (content-addressed by training/features.py; a stale or broken set is recomputed, never trusted)."""
+    return _s3(config, f"{config.layout.features}{_path_segment('dataset name', dataset)}/")
+
+
 def source_package_uri(config: PipelineConfig, digest: str) -> str:
     """``s3://<bucket>/code/sourcedir-<digest>.tar.gz``: the content-addressed training source package."""
     return _s3(config, f"{config.layout.code}sourcedir-{_path_segment('digest', digest)}.tar.gz")
@@ -354,6 +363,17 @@ def _stopping_condition(config: PipelineConfig) -> dict:
     return condition
 
 
+def shares_features(tuning: TuningConfig) -> bool:
+    """Do the trials train a head on cached backbone features (train.py's ``cached`` mode: finetune=head,
+    augment none, feature cache on, none of them tuned), and does the configuration let them share? Then they can share one extraction per feature key.
+    Unset hyperparameters take train.py's defaults (head, auto = none for head, auto)."""
+    static = tuning.static_hyperparameters
+    if not tuning.share_features or set(tuning.tuned_names) & {"finetune", "augment", "feature-cache"}:
+        return False
+    return (static.get("finetune", "head") == "head" and static.get("augment", "auto") in ("auto", "none")
+            and static.get("feature-cache", "auto") == "auto")
+
+
 # --- the requests -------------------------------------------------------------------------------
 
 def create_hyper_parameter_tuning_job(config: PipelineConfig, dataset: str, marker: str, source_uri: str,
@@ -364,6 +384,14 @@ def create_hyper_parameter_tuning_job(config: PipelineConfig, dataset: str, mark
     URI of the training source package, the dataset's splits. Out: the request's keyword arguments.
     Trials run train.py with the trial statics and write below ``jobs/<tuning-job-name>/``; they do
     not checkpoint to S3 (parallel trials would share one checkpoint prefix).
+
+    Head-only trials (``shares_features``) share backbone features instead: the definition's
+    ``CheckpointConfig`` syncs ``features/<dataset>/`` with ``/opt/ml/features`` and the static
+    ``feature-store`` points train.py there. SageMaker gives every trial the definition's S3Uri as is, so
+    each trial starts with the feature sets already uploaded, reads a whole one with its key, and
+    otherwise extracts and leaves a new one that SageMaker uploads for the trials after it
+    (training/features.py). An input channel would not do: channels are read-only, and one over an
+    empty prefix fails the job.
     """
     tuning = config.tuning
     if tuning.objective_metric not in METRIC_NAMES:
@@ -389,8 +417,14 @@ def create_hyper_parameter_tuning_job(config: PipelineConfig, dataset: str, mark
     })
     if tuning.random_seed is not None:
         job_config["RandomSeed"] = tuning.random_seed
+    shared = shares_features(tuning)
+    if shared:
+        static["feature-store"] = FEATURE_STORE_LOCAL_PATH
     definition = {"StaticHyperParameters": encode_hyperparameters(static),
                   **_training_definition(config, dataset, channels, name)}
+    if shared:
+        definition["CheckpointConfig"] = {"S3Uri": feature_store_uri(config, dataset),
+                                          "LocalPath": FEATURE_STORE_LOCAL_PATH}
     return {
         "HyperParameterTuningJobName": name,
         "HyperParameterTuningJobConfig": job_config,

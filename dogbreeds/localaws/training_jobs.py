@@ -25,7 +25,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
-from chalicelib.sagemaker_requests import decode_hyperparameter, job_artifact_uri, split_s3_uri
+from chalicelib.sagemaker_requests import CHECKPOINT_LOCAL_PATH, decode_hyperparameter, job_artifact_uri, split_s3_uri
 
 from .archives import safe_extract, tar_directory
 from .job_threads import JobThreads
@@ -136,16 +136,25 @@ class TrainingJobs:
             safe_extract(archive, code)
             if not (code / program).is_file():
                 raise RuntimeError(f"the source package has no {program}")
+            checkpoint, checkpoint_argv = record.get("CheckpointConfig"), []
+            if checkpoint:
+                # SageMaker syncs LocalPath (default /opt/ml/checkpoints) with S3Uri; here the bucket folder is
+                # used directly. A hyperparameter naming LocalPath (a tuning job's shared feature store) is
+                # given that folder; otherwise the script's --checkpoint-dir is.
+                directory = self.s3.path_of_uri(checkpoint["S3Uri"])
+                directory.mkdir(parents=True, exist_ok=True)
+                local_path = checkpoint.get("LocalPath") or CHECKPOINT_LOCAL_PATH
+                naming = [k for k, v in hyperparameters.items() if v == local_path and not k.startswith("sagemaker_")]
+                for k in naming:
+                    hyperparameters[k] = str(directory)
+                if not naming:
+                    checkpoint_argv = ["--checkpoint-dir", str(directory)]
             env = self._environment(record, hyperparameters, work, threads)
             user = {k: v for k, v in hyperparameters.items() if not k.startswith("sagemaker_")}
             argv = [self.python, str(code / program)]
             for key, value in user.items():
                 argv += [f"--{key}", command_line_value(value)]
-            checkpoint = record.get("CheckpointConfig")
-            if checkpoint:     # SageMaker syncs /opt/ml/checkpoints with S3Uri; here the bucket path is used directly
-                directory = self.s3.path_of_uri(checkpoint["S3Uri"])
-                directory.mkdir(parents=True, exist_ok=True)
-                argv += ["--checkpoint-dir", str(directory)]
+            argv += checkpoint_argv
             self.resources.set_status("training", name, "InProgress", SecondaryStatus="Training",
                                       TrainingStartTime=now().isoformat())
             parser = MetricParser(record.get("AlgorithmSpecification", {}).get("MetricDefinitions", []))
