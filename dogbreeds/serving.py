@@ -418,10 +418,21 @@ class ModelServer:
             raise pending.error
         if pending.prediction is not None:
             return pending.prediction
+        return self._result(version, data, pending.rows)
+
+    @staticmethod
+    def _result(version: _Version, data, rows):
+        """The handlers' InferenceResult for a request's rows of a batched forward; when the request asked for
+        an explanation, the handlers' ``explain_fn`` adds it here, in the request's thread (it needs
+        gradients, so it stays out of the shared inference_mode forwards)."""
         model = version.model
-        return version.module.InferenceResult(
-            probabilities=pending.rows, classes=model.classes, labels=model.labels,
+        result = version.module.InferenceResult(
+            probabilities=rows, classes=model.classes, labels=model.labels,
             top_k=getattr(data, "top_k", None), is_list=getattr(data, "is_list", False))
+        explain_fn = getattr(version.module, "explain_fn", None)
+        if getattr(data, "explain", False) and callable(explain_fn):
+            result = explain_fn(data, model, result)
+        return result
 
     def _claim_team(self, version: _Version) -> bool:
         """True if this request is alone in the server and the lone team is (measured) faster: it then
@@ -470,10 +481,7 @@ class ModelServer:
                         self._tuner.record(True, seconds / size)
                 self._gate.notify_all()
                 self._work.notify_all()
-        model = version.model
-        return version.module.InferenceResult(
-            probabilities=rows, classes=model.classes, labels=model.labels,
-            top_k=getattr(data, "top_k", None), is_list=getattr(data, "is_list", False))
+        return self._result(version, data, rows)
 
     def _count_forward(self, size: int, seconds: float, failed: bool, lone_team: bool = False) -> None:
         """Account one forward in ``stats()``; the caller holds the lock."""
