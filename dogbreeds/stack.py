@@ -9,7 +9,8 @@
   once, to the Chalice app's own ``on_bucket_event`` and ``on_sagemaker_event`` handlers, and a
   ticker sending its ``reconcile`` handler the scheduled event every ``reconcile_seconds`` (on AWS an
   EventBridge rate rule, every few minutes; here seconds, as everything local is quicker);
-- the Chalice app's routes (``/predict``, ``/status``, ``/batch``) on 127.0.0.1;
+- the Chalice app's routes (``/predict``, ``/status``, ``/batch``) on 127.0.0.1, and ``GET /metrics`` there
+  (Prometheus text: ``dogbreeds.metrics``; on AWS the app's Powertools metrics stand instead);
 - the training code package, built from this checkout and uploaded as on AWS.
 
 ``fail_endpoint_once`` (a reason) makes the endpoint's next create or update end ``Failed`` with that
@@ -30,6 +31,8 @@ from pathlib import Path
 from typing import Optional
 
 from chalicelib.config import PipelineConfig
+
+from .metrics import ApiMetrics, chalice_route_of, metered
 
 os.environ.setdefault("POWERTOOLS_TRACE_DISABLED", "1")      # no X-Ray daemon on this machine
 
@@ -188,8 +191,9 @@ class LocalStack:
         # On AWS the routes' IAMAuthorizer checks SigV4; Chalice's local server (127.0.0.1 only) says
         # once per request that it does not, which is known here.
         warnings.filterwarnings("ignore", message="IAMAuthorizer is not a supported in local mode")
+        self.metrics = ApiMetrics(chalice_route_of(self.app_module.app))
         self._api_server = LocalDevServer(self.app_module.app, Config.create(), "127.0.0.1", self.api_port,
-                                          handler_cls=QuietHandler)
+                                          handler_cls=metered(QuietHandler, self.metrics))
         host, port = self._api_server.server.server_address[:2]
         self.api_url = f"http://{host}:{port}"
 
