@@ -30,6 +30,12 @@ _COLOUR_STOPS = np.array([0.0, 0.25, 0.5, 0.75, 1.0])
 _COLOURS = np.array([(48, 18, 59), (40, 150, 240), (40, 230, 160), (250, 190, 50), (190, 20, 5)], dtype=np.float64)
 
 
+# ResNet halves the resolution five times, each time with a kernel centred on every second input pixel (stride
+# 2, padding (k-1)/2), so the centre of the last block's cell c sits on input pixel 32*c, not in the middle of
+# its 32-pixel span: drawn centred, the map would sit half a cell too far right and down.
+RESNET_STRIDE = 32
+
+
 class NotExplainable(Exception):
     """The network has no convolutional block this module knows how to explain."""
 
@@ -88,20 +94,29 @@ def class_activation_maps(network, batch: torch.Tensor, targets: torch.Tensor) -
     return torch.where(high > low, (cams - low) / (high - low).clamp_min(1e-12), 0.0).cpu()
 
 
+def _resample(cam: np.ndarray, out_w: int, out_h: int, crop: int, stride: float) -> np.ndarray:
+    """Bilinear (edge values held) from cells whose centres sit on crop pixels ``stride * c`` to an ``out_w`` x
+    ``out_h`` picture of the ``crop`` x ``crop`` square."""
+    def cell_coordinates(n: int) -> np.ndarray:  # each output pixel's centre, in cells
+        return ((np.arange(n) + 0.5) * crop / n - 0.5) / stride
+
+    h, w = cam.shape
+    rows = np.stack([np.interp(cell_coordinates(out_w), np.arange(w), row) for row in cam])
+    return np.stack([np.interp(cell_coordinates(out_h), np.arange(h), column) for column in rows.T], axis=1)
+
+
 def heatmap_image(cam: np.ndarray, width: int, height: int, box: tuple[float, float, float, float],
-                  max_side: int = MAX_HEATMAP_SIDE) -> Image.Image:
-    """The CAM (h, w, values in [0, 1]) stretched over ``box`` of a ``width`` x ``height`` photo, as an RGBA
-    image of the photo's size (scaled to ``max_side`` on the longer side when bigger): colour map, alpha
-    proportional to the heat (MAX_ALPHA at 1), transparent outside the box."""
+                  crop: int, stride: float = RESNET_STRIDE, max_side: int = MAX_HEATMAP_SIDE) -> Image.Image:
+    """The CAM (h, w, values in [0, 1]) of a ``crop`` x ``crop`` square over ``box`` of a ``width`` x
+    ``height`` photo, as an RGBA image of the photo's size (scaled to ``max_side`` on the longer side when
+    bigger): colour map, alpha proportional to the heat (MAX_ALPHA at 1), transparent outside the box. Cell
+    c's centre is on crop pixel ``stride * c``."""
     scale = min(1.0, max_side / max(width, height))
     out_w, out_h = max(1, round(width * scale)), max(1, round(height * scale))
     left, top, right, bottom = (round(v * scale) for v in box)
     left, top = max(0, left), max(0, top)
     right, bottom = min(out_w, max(right, left + 1)), min(out_h, max(bottom, top + 1))
-    # Bilinear in float: the map is tiny (7x7 at 224 px), the box up to the whole output.
-    heat = Image.fromarray(np.asarray(cam, dtype=np.float32), "F").resize((right - left, bottom - top),
-                                                                          Image.Resampling.BILINEAR)
-    values = np.clip(np.asarray(heat, dtype=np.float64), 0.0, 1.0)
+    values = np.clip(_resample(np.asarray(cam, dtype=np.float64), right - left, bottom - top, crop, stride), 0, 1)
     rgba = np.zeros((out_h, out_w, 4), dtype=np.uint8)
     colours = np.stack([np.interp(values, _COLOUR_STOPS, _COLOURS[:, c]) for c in range(3)], axis=-1)
     rgba[top:bottom, left:right, :3] = np.round(colours).astype(np.uint8)
@@ -126,6 +141,6 @@ def explain(network, transform, images: list[Image.Image], targets: list[int], i
     explanations = []
     for img, cam, target in zip(images, cams, targets):
         box = crop_box(img.width, img.height, image_size, resize_size)
-        explanations.append({"index": int(target), "heatmap": png_base64(heatmap_image(cam, img.width, img.height, box)),
+        explanations.append({"index": int(target), "heatmap": png_base64(heatmap_image(cam, img.width, img.height, box, image_size)),
                              "width": img.width, "height": img.height})
     return explanations

@@ -333,7 +333,7 @@ def test_predict_explain_writes_the_photo_with_the_heatmap_over_it(tmp_path, dat
     image = sorted(dataset5.rglob("*.jpg"))[0]
     photo = Image.open(image).convert("RGB")
     width, height = photo.size
-    heat = explain.heatmap_image(np.array([[1.0, 0.0]]), width, height, (0, 0, width, height))
+    heat = explain.heatmap_image(np.array([[1.0, 0.0]]), width, height, (0, 0, width, height), crop=64, stride=32)
     buf = io.BytesIO()
     heat.save(buf, "PNG")
     reply = {"predictions": [{"label": "Akita", "probability": 0.9}],

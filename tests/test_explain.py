@@ -98,7 +98,7 @@ def test_the_crop_box_is_where_the_eval_transforms_centre_crop_comes_from(size):
 def test_a_heatmap_covers_the_photo_and_is_transparent_outside_the_crop():
     width, height = 300, 120
     box = explain.crop_box(width, height, IMAGE_SIZE, inf.resize_size_for(IMAGE_SIZE))
-    img = explain.heatmap_image(np.ones((2, 2)), width, height, box)
+    img = explain.heatmap_image(np.ones((2, 2)), width, height, box, IMAGE_SIZE)
     assert (img.mode, img.size) == ("RGBA", (width, height))
     assert opaque_box(img) == tuple(round(v) for v in box)
     assert set(np.asarray(img)[..., 3][np.asarray(img)[..., 3] > 0].tolist()) == {explain.MAX_ALPHA}
@@ -106,7 +106,7 @@ def test_a_heatmap_covers_the_photo_and_is_transparent_outside_the_crop():
 
 def test_the_alpha_follows_the_heat():
     cam = np.array([[1.0, 0.0], [0.0, 0.5]])
-    img = explain.heatmap_image(cam, 100, 100, (0, 0, 100, 100))
+    img = explain.heatmap_image(cam, 100, 100, (0, 0, 100, 100), crop=100, stride=50)  # centres on 0 and 50
     alpha = np.asarray(img)[..., 3].astype(int)
     assert alpha[0, 0] == explain.MAX_ALPHA and alpha[0, 99] == 0 and alpha[99, 0] == 0
     assert alpha[99, 99] == round(0.5 * explain.MAX_ALPHA)
@@ -117,7 +117,7 @@ def test_the_alpha_follows_the_heat():
 def test_a_large_photos_heatmap_is_scaled_down_with_its_aspect_ratio():
     width, height = 4000, 1000
     box = explain.crop_box(width, height, IMAGE_SIZE, inf.resize_size_for(IMAGE_SIZE))
-    img = explain.heatmap_image(np.ones((2, 2)), width, height, box)
+    img = explain.heatmap_image(np.ones((2, 2)), width, height, box, IMAGE_SIZE)
     scale = explain.MAX_HEATMAP_SIDE / width
     assert img.size == (explain.MAX_HEATMAP_SIDE, round(height * scale))
     assert opaque_box(img) == tuple(round(v * scale) for v in box)
