@@ -420,20 +420,17 @@ _explain_loaded = None  # the explain module, once loaded
 
 
 def _explain_module():
-    """explain.py, imported on the first request that asks for an explanation. As ``model_code.explain`` in
-    this project; from the file next to this one wherever this file is loaded on its own (``code/`` in the
-    container, the local server, a script), since ``code/`` need not be on sys.path then."""
+    """explain.py, imported from the file next to this one on the first request that asks for an explanation:
+    this file is imported on its own too (``code/`` in the container and the local server, scripts), where
+    ``code/`` need not be on sys.path then, and it makes no relative imports."""
     global _explain_loaded
     if _explain_loaded is None:
-        if __package__:
-            from . import explain as module
-        else:
-            import importlib.util
-            name = f"{__name__}_explain"
-            spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("explain.py"))
-            module = importlib.util.module_from_spec(spec)
-            sys.modules[name] = module
-            spec.loader.exec_module(module)
+        import importlib.util
+        name = f"{__name__.replace('.', '_')}_explain"
+        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("explain.py"))
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
         _explain_loaded = module
     return _explain_loaded
 
