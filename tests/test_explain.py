@@ -16,6 +16,8 @@ import torch
 from PIL import Image
 from torchvision.transforms import v2 as T
 
+from training_support import CORNER_CLASSES, corner_image, run_training, write_corner_dataset
+
 from dogbreeds.serving import ModelServer
 from model_code import explain
 from model_code import inference as inf
@@ -208,3 +210,36 @@ def test_the_local_server_explains_through_its_batched_forward(model_dir, model)
     alpha = np.asarray(heatmap(json.loads(asked_by_parameter.body)["explanation"]))[..., 3].astype(int)
     assert np.abs(alpha - np.asarray(heatmap(direct["explanation"]))[..., 3].astype(int)).max() <= 1
     assert json.loads(bad.body)["message"] == "the Content-Type parameter explain must be true or false, got 'maybe'"
+
+
+# ------------------------------------------------------------------------------------------- the heat
+
+@pytest.fixture(scope="module")
+def corner_model(tmp_path_factory):
+    """A resnet18 trained from scratch on CORNER_CLASSES, the squares anywhere: only their colour tells the class
+    (trained on squares in their corners, the net also reads the corner from afar and its heat spreads)."""
+    root = tmp_path_factory.mktemp("corners")
+    data = write_corner_dataset(root / "data", {"train": 36, "valid": 8, "test": 8}, size=CORNER_PHOTO,
+                                anywhere=True)
+    run_training(data, root, "--finetune=full", "--augment=none", f"--image-size={CORNER_IMAGE_SIZE}",
+                 "--epochs=5", "--batch-size=16", "--lr=0.003", "--early-stopping-patience=0")
+    return inf.model_fn(root / "model")
+
+
+# 160 px: a 5x5 map (at 64 px every cell of the 2x2 map sees the whole crop, and the heat is everywhere).
+CORNER_PHOTO, CORNER_IMAGE_SIZE = 180, 160
+
+
+@pytest.mark.parametrize("name", [name for name, signal in CORNER_CLASSES.items() if signal is not None])
+def test_most_of_the_heat_is_in_the_corner_that_holds_the_class_signal(corner_model, name):
+    """Photos of the class with its square in its corner: over half of the heatmap's alpha (which is
+    proportional to the map) lies in that quadrant of the photo."""
+    (column, row), _ = CORNER_CLASSES[name]
+    rng = np.random.default_rng(123)
+    for _ in range(4):
+        doc = serve(corner_model, encode(corner_image(CORNER_CLASSES[name], CORNER_PHOTO, rng)), "image/png; explain=true")
+        assert doc["explanation"]["class"] == name == doc["predictions"][0]["class"]
+        alpha = np.asarray(heatmap(doc["explanation"]))[..., 3].astype(np.float64)
+        half_h, half_w = alpha.shape[0] // 2, alpha.shape[1] // 2
+        quadrant = alpha[row * half_h:(row + 1) * half_h, column * half_w:(column + 1) * half_w]
+        assert quadrant.sum() > 0.5 * alpha.sum()
