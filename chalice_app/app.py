@@ -153,14 +153,16 @@ def _answer(work) -> Response:
 @app.route("/predict", methods=["POST"], content_types=["*/*"], authorizer=AUTHORIZER)
 def predict():
     """Classify image bytes, or JSON ``{"image": b64}`` / ``{"images": [b64, ...]}`` with an optional
-    ``"top_k"``; ``?top_k=N`` too. Lambda checks the media type, the size and the query's top_k
-    (``chalicelib.predict``); the endpoint's handlers judge the image and the JSON."""
+    ``"top_k"`` and ``"explain"``; ``?top_k=N`` and ``?explain=true`` (a Grad-CAM heatmap per image) too.
+    Lambda checks the media type, the size and the query's top_k and explain (``chalicelib.predict``); the
+    endpoint's handlers judge the image and the JSON."""
     request = app.current_request
     query = request.query_params or {}
 
     def work(plane):
         try:
-            result = plane.predict(request.raw_body, request.headers.get("content-type"), query.get("top_k"))
+            result = plane.predict(request.raw_body, request.headers.get("content-type"), query.get("top_k"),
+                                   query.get("explain"))
         except ApiError as error:
             _count("PredictionErrors", 1, {"status": error.status})
             raise

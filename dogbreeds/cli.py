@@ -182,8 +182,12 @@ def cmd_predict(args) -> int:
             print(f"{image}: no such file", file=sys.stderr)
             failed += 1
             continue
+        explain_to = None
+        if args.explain is not None:
+            out = Path(args.explain)
+            explain_to = out if len(args.images) == 1 else out.with_name(f"{out.stem}-{path.stem}.png")
         try:
-            predictions = client.predict_file(stack, path, args.top_k)
+            predictions = client.predict_file(stack, path, args.top_k, explain_to)
         except client.AccessRefused:
             raise                    # the caller is refused: every other image would be too
         except UserError as exc:
@@ -191,7 +195,7 @@ def cmd_predict(args) -> int:
             failed += 1
             continue
         guesses = ", ".join(f"{p['label']} {p['probability']:.1%}" for p in predictions)
-        print(f"{image}: {guesses}")
+        print(f"{image}: {guesses}" + (f" (heatmap over the photo: {explain_to})" if explain_to else ""))
     return 1 if failed else 0
 
 
@@ -294,6 +298,9 @@ def build_parser() -> argparse.ArgumentParser:
     predict = commands.add_parser("predict", parents=[common, cloud_options], help="classify images through POST /predict")
     predict.add_argument("images", nargs="+", help="image files (JPEG, PNG, ...)")
     predict.add_argument("--top-k", type=int, help="how many breeds to show (default: the endpoint's)")
+    predict.add_argument("--explain", metavar="OUT.png",
+                         help="also write the photo with a heatmap of where the model looked (Grad-CAM of the "
+                              "top breed); with several images, OUT-<image name>.png each")
     predict.set_defaults(run=cmd_predict)
 
     batch = commands.add_parser("batch", parents=[common, cloud_options], help="classify a folder through batch transform")

@@ -17,7 +17,9 @@ Problems the user can fix raise ``UserError``, whose message says what to do.
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import io
 import json
 import mimetypes
 import os
@@ -30,6 +32,8 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Iterator, List, Optional, Protocol, Sequence, Tuple, Union
+
+from PIL import Image, ImageOps
 
 from chalicelib.config import BucketLayout
 from chalicelib.names import normalise_marker
@@ -479,14 +483,26 @@ def job_status(home: Home, name: str) -> Optional[str]:
 IMAGE_BYTES = "application/x-image"     # what an image file whose extension says nothing is sent as
 
 
-def predict_file(stack: Stack, path: Path, top_k: Optional[int] = None) -> list:
+def predict_file(stack: Stack, path: Path, top_k: Optional[int] = None, explain_to: Optional[Path] = None) -> list:
     """The endpoint's ranked predictions for one image file, through ``POST /predict``: the top
-    ``top_k``, or as many as the handler gives by default when None."""
-    query = "" if top_k is None else f"?top_k={top_k}"
-    status, body = stack.api("POST", f"/predict{query}", Path(path).read_bytes(), _content_type(path, IMAGE_BYTES))
+    ``top_k``, or as many as the handler gives by default when None. With ``explain_to``, asks for the
+    Grad-CAM heatmap too (``?explain=true``) and writes the photo with the heatmap over it there (PNG)."""
+    params = ([] if top_k is None else [f"top_k={top_k}"]) + ([] if explain_to is None else ["explain=true"])
+    query = "?" + "&".join(params) if params else ""
+    photo = Path(path).read_bytes()
+    status, body = stack.api("POST", f"/predict{query}", photo, _content_type(path, IMAGE_BYTES))
     if status != 200:
         raise api_failure(status, body)
+    if explain_to is not None:
+        overlay(photo, body["explanation"]).save(explain_to, "PNG")
     return body["predictions"]
+
+
+def overlay(photo: bytes, explanation: dict):
+    """The photo (upright, as the handlers saw it) with the explanation's RGBA heatmap stretched over it."""
+    picture = ImageOps.exif_transpose(Image.open(io.BytesIO(photo))).convert("RGBA")
+    heat = Image.open(io.BytesIO(base64.b64decode(explanation["heatmap"]))).convert("RGBA")
+    return Image.alpha_composite(picture, heat.resize(picture.size, Image.Resampling.BILINEAR))
 
 
 BATCH_ID = re.compile(r"[^A-Za-z0-9._-]+")

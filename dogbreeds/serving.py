@@ -4,7 +4,7 @@
 ``<model_dir>/code/inference.py`` (the handlers shipped inside ``model.tar.gz``), calls its
 ``model_fn(model_dir)`` and answers each request with ``input_fn`` -> forward -> ``output_fn``, over
 HTTP on 127.0.0.1 (the container protocol, ``dogbreeds.serving_http``: ``/ping``, ``/invocations``,
-``/stats``) or in this process (``invoke``):
+``/stats``, ``/metrics`` in Prometheus text format: ``dogbreeds.metrics``) or in this process (``invoke``):
 
     with ModelServer("/tmp/model") as server:          # model.tar.gz extracted there: code/, model.*
         print(server.url)                               # http://127.0.0.1:<free port>
@@ -61,7 +61,9 @@ from types import ModuleType
 
 import torch
 
-from .serving_http import JSON_TYPE, ContainerHTTPServer, Reply
+from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from .metrics import ModelServerMetrics
+from .serving_http import JSON_TYPE, ROUTES, ContainerHTTPServer, Reply
 from .serving_threads import LoneTuner, default_threads, usable_cores
 
 log = logging.getLogger(__name__)
@@ -184,6 +186,8 @@ class ModelServer:
         self._tuner = LoneTuner()
         self._plan_args = (torch_threads, forward_workers)
         self._current = self._load(model_dir, first=True)
+        self.metrics = ModelServerMetrics(ROUTES, queued=self._queued_now, in_flight=lambda: self._in_flight,
+                                          model_version=lambda: self._current.number)
 
     def _apply_plan(self, version: _Version) -> None:
         plan = default_threads(self._cores, version.device_type, *self._plan_args)
@@ -364,6 +368,18 @@ class ModelServer:
             self._in_flight += 1
             return Invocation(self, self._current)
 
+    def _queued_now(self) -> int:
+        with self._lock:
+            return sum(p.size for p in self._queue)
+
+    def observe_request(self, path: str, status: int, seconds: float) -> None:
+        """Count an HTTP request the front answered in ``/metrics`` (route, status, latency)."""
+        self.metrics.observe_request(path, status, seconds)
+
+    def metrics_text(self) -> tuple[bytes, str]:
+        """``/metrics``: the Prometheus text exposition and its content type."""
+        return self.metrics.text(), METRICS_CONTENT_TYPE
+
     def count_reply(self, status: int) -> None:
         """Count a reply in ``stats()`` (the HTTP front counts the protocol errors it sends itself)."""
         with self._lock:
@@ -418,10 +434,21 @@ class ModelServer:
             raise pending.error
         if pending.prediction is not None:
             return pending.prediction
+        return self._result(version, data, pending.rows)
+
+    @staticmethod
+    def _result(version: _Version, data, rows):
+        """The handlers' InferenceResult for a request's rows of a batched forward; when the request asked for
+        an explanation, the handlers' ``explain_fn`` adds it here, in the request's thread (it needs
+        gradients, so it stays out of the shared inference_mode forwards)."""
         model = version.model
-        return version.module.InferenceResult(
-            probabilities=pending.rows, classes=model.classes, labels=model.labels,
+        result = version.module.InferenceResult(
+            probabilities=rows, classes=model.classes, labels=model.labels,
             top_k=getattr(data, "top_k", None), is_list=getattr(data, "is_list", False))
+        explain_fn = getattr(version.module, "explain_fn", None)
+        if getattr(data, "explain", False) and callable(explain_fn):
+            result = explain_fn(data, model, result)
+        return result
 
     def _claim_team(self, version: _Version) -> bool:
         """True if this request is alone in the server and the lone team is (measured) faster: it then
@@ -470,10 +497,7 @@ class ModelServer:
                         self._tuner.record(True, seconds / size)
                 self._gate.notify_all()
                 self._work.notify_all()
-        model = version.model
-        return version.module.InferenceResult(
-            probabilities=rows, classes=model.classes, labels=model.labels,
-            top_k=getattr(data, "top_k", None), is_list=getattr(data, "is_list", False))
+        return self._result(version, data, rows)
 
     def _count_forward(self, size: int, seconds: float, failed: bool, lone_team: bool = False) -> None:
         """Account one forward in ``stats()``; the caller holds the lock."""
@@ -483,6 +507,7 @@ class ModelServer:
         stats["forward_failures"] += failed
         stats["forward_seconds"] += seconds
         stats["batch_sizes"][size] += 1
+        self.metrics.observe_forward(size, failed)
         if not failed:
             stats["images"] += size
 

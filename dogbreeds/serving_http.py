@@ -31,7 +31,7 @@ log = logging.getLogger("dogbreeds.serving.http")
 
 JSON_TYPE = "application/json"
 IDLE_CONNECTION_TIMEOUT_S = 60.0
-ROUTES = {"/ping": ("GET", "HEAD"), "/invocations": ("POST",), "/stats": ("GET",)}
+ROUTES = {"/ping": ("GET", "HEAD"), "/invocations": ("POST",), "/stats": ("GET",), "/metrics": ("GET",)}
 
 
 @dataclass(frozen=True)
@@ -176,6 +176,7 @@ class _Handler(BaseHTTPRequestHandler):
     # ---------------------------------------------------------------------------------- responses
 
     def _send(self, reply: Reply, close: bool = False, headers=()) -> None:
+        self._status = reply.status
         if self.app.closing:
             close = True
         try:
@@ -200,8 +201,19 @@ class _Handler(BaseHTTPRequestHandler):
 
     # ---------------------------------------------------------------------------------- routing
 
+    _status: int | None = None
+
     def _dispatch(self):
+        """Route the request, then count it (route, status, seconds since its headers) in the app's metrics."""
+        started, self._status = time.perf_counter(), None
         path = urlsplit(self.path).path
+        try:
+            self._route(path)
+        finally:
+            if self._status is not None and path != "/metrics":
+                self.app.observe_request(path, self._status, time.perf_counter() - started)
+
+    def _route(self, path: str):
         has_body = self.headers.get("Content-Length") not in (None, "0") or "Transfer-Encoding" in self.headers
         allowed = ROUTES.get(path)
         if allowed is None:
@@ -215,6 +227,9 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(_json(200 if ok else 503, {"status": "healthy" if ok else "stopping"}), close=has_body)
         elif path == "/stats":
             self._send(_json(200, self.app.stats()), close=has_body)
+        elif path == "/metrics":
+            text, content_type = self.app.metrics_text()
+            self._send(Reply(200, text, content_type), close=has_body)
         else:
             self._invocations()
 

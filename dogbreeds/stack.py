@@ -9,7 +9,8 @@
   once, to the Chalice app's own ``on_bucket_event`` and ``on_sagemaker_event`` handlers, and a
   ticker sending its ``reconcile`` handler the scheduled event every ``reconcile_seconds`` (on AWS an
   EventBridge rate rule, every few minutes; here seconds, as everything local is quicker);
-- the Chalice app's routes (``/predict``, ``/status``, ``/batch``) on 127.0.0.1;
+- the Chalice app's routes (``/predict``, ``/status``, ``/batch``) on 127.0.0.1, and ``GET /metrics`` there
+  (Prometheus text: ``dogbreeds.metrics``; on AWS the app's Powertools metrics stand instead);
 - the training code package, built from this checkout and uploaded as on AWS.
 
 ``fail_endpoint_once`` (a reason) makes the endpoint's next create or update end ``Failed`` with that
@@ -35,6 +36,7 @@ from chalice.local import ChaliceRequestHandler
 
 from chalicelib.config import PipelineConfig
 
+from .metrics import ApiMetrics, chalice_route_of, metered
 from .serving_http import LocalHTTPServer
 
 os.environ.setdefault("POWERTOOLS_TRACE_DISABLED", "1")      # no X-Ray daemon on this machine
@@ -118,10 +120,10 @@ class ApiServer(LocalHTTPServer):
     5, and a burst of 32 clients had connections reset). ``close`` after ``shutdown``: idle
     connections end at once, a request in progress gets its answer first."""
 
-    def __init__(self, address, app, config):
+    def __init__(self, address, app, config, handler_cls=None):
         self.connections: set = set()
         self.connections_lock = threading.Lock()
-        super().__init__(address, functools.partial(_ApiHandler, app_object=app, config=config))
+        super().__init__(address, functools.partial(handler_cls or _ApiHandler, app_object=app, config=config))
 
     def close(self) -> None:
         with self.connections_lock:
@@ -272,7 +274,9 @@ class LocalStack:
             # requests would overwrite; `chalice local` makes it per thread the same way.
             self._app_class = type(app)
             app.__class__ = type("ThreadLocalChalice", (LocalChalice, self._app_class), {})
-        self._api_server = ApiServer(("127.0.0.1", self.api_port), app, Config.create())
+        self.metrics = ApiMetrics(chalice_route_of(app))       # GET /metrics: requests by route and status
+        self._api_server = ApiServer(("127.0.0.1", self.api_port), app, Config.create(),
+                                     handler_cls=metered(_ApiHandler, self.metrics))
         host, port = self._api_server.server_address[:2]
         self.api_url = f"http://{host}:{port}"
 

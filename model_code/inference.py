@@ -25,6 +25,7 @@ import json
 import logging
 import os
 import re
+import sys
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -229,6 +230,7 @@ class InferenceRequest:
     images: list[Image.Image]
     top_k: int | None = None  # from the JSON body or a Content-Type parameter; None = not asked
     is_list: bool = False     # the request used {"images": [...]}: reply {"results": [...]}
+    explain: bool = False     # a Grad-CAM heatmap of each image's top-1 class was asked for
 
 
 @dataclass
@@ -240,6 +242,7 @@ class InferenceResult:
     labels: list[str]
     top_k: int | None = None
     is_list: bool = False
+    explanations: list[dict] | None = None  # per image, when the request asked (explain_fn)
 
     def ranked(self, top_k: int | None = None) -> list[list[dict]]:
         """Per image, the ``top_k`` best classes (default DEFAULT_TOP_K, clamped to [1, num_classes]) as
@@ -591,7 +594,9 @@ def input_fn(body, content_type) -> InferenceRequest:
     SUPPORTED_CONTENT_TYPES, parameters allowed (``image/jpeg; top_k=3``); missing = octet-stream.
     Image types carry raw image bytes whose format is sniffed from the bytes; ``application/json``
     carries ``{"image": "<base64>"}`` or ``{"images": ["<base64>", ...]}`` (a ``data:...;base64,``
-    prefix is fine) and an optional ``"top_k"``. Raises ClientError 400/413/415 saying what is wrong.
+    prefix is fine) and an optional ``"top_k"``. ``explain=true`` (a Content-Type parameter, or ``"explain":
+    true`` in the JSON) asks for a heatmap of each image's top-1 class. Raises ClientError 400/413/415 saying
+    what is wrong.
     """
     mime, params = _media_type(content_type)
     mime = mime or "application/octet-stream"
@@ -605,10 +610,11 @@ def input_fn(body, content_type) -> InferenceRequest:
         raise ClientError(413, f"request body is {size:,} bytes, over the limit of {MAX_BODY_BYTES:,} "
                                f"bytes ({MAX_BODY_BYTES / 2**20:g} MiB)")
     top_k = _top_k(params.get("top_k"), "the Content-Type parameter top_k")
+    explain = _explain_flag(params.get("explain"), "the Content-Type parameter explain")
     if mime != JSON_TYPE:
         if isinstance(body, str):
             raise ClientError(400, f"{mime} body must be raw image bytes, not text")
-        return InferenceRequest([_decode(body, None)], top_k, is_list=False)
+        return InferenceRequest([_decode(body, None)], top_k, is_list=False, explain=explain)
 
     if size == 0:
         raise ClientError(400, 'empty body: expected JSON like {"image": "<base64>"}')
@@ -628,8 +634,11 @@ def input_fn(body, content_type) -> InferenceRequest:
         raise ClientError(400, f'JSON body {problem} "image" and "images" fields: {expected}')
     if doc.get("top_k") is not None:
         top_k = _top_k(doc["top_k"], 'JSON field "top_k"', text=False)
+    if doc.get("explain") is not None:
+        explain = _explain_flag(doc["explain"], 'JSON field "explain"', text=False)
     if "image" in doc:
-        return InferenceRequest([_decode(_base64(doc["image"], "image"), "image")], top_k, is_list=False)
+        return InferenceRequest([_decode(_base64(doc["image"], "image"), "image")], top_k, is_list=False,
+                                explain=explain)
 
     items = doc["images"]
     if not isinstance(items, list):
@@ -646,13 +655,53 @@ def input_fn(body, content_type) -> InferenceRequest:
         if pixels > MAX_REQUEST_PIXELS:
             raise ClientError(413, f"images[0..{i}] hold {pixels:,} pixels together, over the limit of "
                                    f"{MAX_REQUEST_PIXELS:,} per request: send fewer or smaller images")
-    return InferenceRequest(images, top_k, is_list=True)
+    return InferenceRequest(images, top_k, is_list=True, explain=explain)
 
 
 def predict_fn(data: InferenceRequest, model: LoadedModel) -> InferenceResult:
-    """All images of the request through the network in one batched forward pass."""
+    """All images of the request through the network in one batched forward pass (then explain_fn)."""
     probs = model.probabilities(model.preprocess(data.images))
-    return InferenceResult(probs, model.classes, model.labels, data.top_k, data.is_list)
+    return explain_fn(data, model, InferenceResult(probs, model.classes, model.labels, data.top_k, data.is_list))
+
+
+def explain_fn(data: InferenceRequest, model: LoadedModel, result: InferenceResult) -> InferenceResult:
+    """``result`` with ``explanations`` when ``data.explain``: per image, a Grad-CAM heatmap of its top-1 class
+    over the whole photo (``explain.py``); without the flag ``result`` as it is, at no cost. predict_fn calls
+    it; a server that runs the forward itself (dogbreeds.serving) calls it after. The network explained is
+    ``model.explain_network`` when a model sets one (an eager copy next to an optimised graph), else
+    ``model.network``. ClientError(400) when that network cannot be explained."""
+    if not data.explain:
+        return result
+    explain = _explain_module()
+    targets = [row[0]["index"] for row in result.ranked(1)]
+    network = getattr(model, "explain_network", None) or model.network
+    try:
+        found = explain.explain(network, model.transform, list(data.images), targets, model.image_size,
+                                resize_size_for(model.image_size))
+    except explain.NotExplainable as exc:
+        raise ClientError(400, f"explain is not available for this model: {exc}") from None
+    result.explanations = [{"class": model.classes[e["index"]], "label": model.labels[e["index"]], **e}
+                           for e in found]
+    return result
+
+
+_explain_loaded = None  # the explain module, once loaded
+
+
+def _explain_module():
+    """explain.py, imported from the file next to this one on the first request that asks for an explanation:
+    this file is imported on its own too (``code/`` in the container and the local server, scripts), where
+    ``code/`` need not be on sys.path then, and it makes no relative imports."""
+    global _explain_loaded
+    if _explain_loaded is None:
+        import importlib.util
+        name = f"{__name__.replace('.', '_')}_explain"
+        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("explain.py"))
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+        _explain_loaded = module
+    return _explain_loaded
 
 
 def output_fn(prediction: InferenceResult, accept) -> tuple[str, str]:
@@ -664,16 +713,18 @@ def output_fn(prediction: InferenceResult, accept) -> tuple[str, str]:
     (application/json) before calling. ``accept``: empty, ``*/*`` or ``application/json``, a list
     and a ``top_k=N`` parameter allowed; anything else raises ClientError(406).
     Body: ``{"predictions": [{"label", "class", "index", "probability"}, ...]}`` for a single image,
-    ``{"results": [{"predictions": [...]}, ...]}`` for a list request, most probable first. top_k is
+    ``{"results": [{"predictions": [...]}, ...]}`` for a list request, most probable first; with an
+    ``"explanation": {"class", "label", "index", "heatmap", "width", "height"}`` next to each image's
+    ``"predictions"`` when it was asked for (explain_fn). top_k is
     the request's, else the Accept parameter's, else DEFAULT_TOP_K, clamped to [1, num_classes].
     """
     accept_top_k = _accept_json(accept)
     top_k = prediction.top_k if prediction.top_k is not None else accept_top_k
     ranked = prediction.ranked(top_k)
-    if prediction.is_list:
-        doc = {"results": [{"predictions": preds} for preds in ranked]}
-    else:
-        doc = {"predictions": ranked[0]}
+    results = [{"predictions": preds} for preds in ranked]
+    for result, explanation in zip(results, prediction.explanations or ()):
+        result["explanation"] = explanation
+    doc = {"results": results} if prediction.is_list else results[0]
     return json.dumps(doc, allow_nan=False), JSON_TYPE
 
 
@@ -722,6 +773,17 @@ def _top_k(value, where: str, text: bool = True) -> int | None:
             pass
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise ClientError(400, f"{where} must be a non-negative integer, got {_short(value)}")
+    return value
+
+
+def _explain_flag(value, where: str, text: bool = True) -> bool:
+    """``true``/``false`` (any case, for media-type and query parameters) or a JSON boolean; absent = False."""
+    if value is None:
+        return False
+    if text and isinstance(value, str) and value.strip().lower() in ("true", "false"):
+        return value.strip().lower() == "true"
+    if not isinstance(value, bool):
+        raise ClientError(400, f"{where} must be true or false, got {_short(value)}")
     return value
 
 

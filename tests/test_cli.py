@@ -317,3 +317,41 @@ def test_fetch_and_demo_get_every_argument_after_their_name(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_:
         cli.main(["demo", "--classes", "many"])
     assert exit_.value.code == 2 and "--classes: invalid int value: 'many'" in capsys.readouterr().err
+
+
+def test_predict_explain_writes_the_photo_with_the_heatmap_over_it(tmp_path, dataset5):
+    """The reply's heatmap (drawn here as the handlers draw one: opaque red on the left half, nothing on the
+    right) is laid over the photo at its size: left half reddened, right half the photo as it was."""
+    import base64
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from model_code import explain
+
+    image = sorted(dataset5.rglob("*.jpg"))[0]
+    photo = Image.open(image).convert("RGB")
+    width, height = photo.size
+    heat = explain.heatmap_image(np.array([[1.0, 0.0]]), width, height, (0, 0, width, height), crop=64, stride=32)
+    buf = io.BytesIO()
+    heat.save(buf, "PNG")
+    reply = {"predictions": [{"label": "Akita", "probability": 0.9}],
+             "explanation": {"heatmap": base64.b64encode(buf.getvalue()).decode(), "width": width, "height": height}}
+
+    class RecordingHome(client.Home):
+        def api(self, method, path, body=None, content_type=None, timeout=60):
+            asked.append(path)
+            return 200, reply
+
+    asked = []
+    out = tmp_path / "why.png"
+    assert client.predict_file(RecordingHome(tmp_path), image, top_k=2, explain_to=out) == reply["predictions"]
+    assert asked == ["/predict?top_k=2&explain=true"]
+    written = np.asarray(Image.open(out).convert("RGB")).astype(int)
+    original = np.asarray(photo).astype(int)
+    assert written.shape == original.shape
+    assert np.array_equal(written[:, -2:], original[:, -2:])                    # no heat: the photo
+    assert (written[:, :2] - original[:, :2]).any()                             # full heat: coloured
+    assert np.array_equal(written[:, :2], np.asarray(Image.alpha_composite(
+        photo.convert("RGBA"), heat).convert("RGB")).astype(int)[:, :2])

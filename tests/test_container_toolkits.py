@@ -278,3 +278,30 @@ def test_a_body_the_toolkit_cannot_decode_as_utf8_is_its_500_where_our_server_sa
     local = local_server.invoke(body, content_type, None)
     assert (toolkit.status, local.status) == (toolkit_status, local_status)
     assert b"codec can't decode" in toolkit.body
+
+
+def _heatmap_alpha(explanation: dict):
+    import numpy as np
+    return np.asarray(Image.open(io.BytesIO(base64.b64decode(explanation["heatmap"]))))[..., 3].astype(int)
+
+
+def test_the_inference_toolkit_explains_as_our_local_server_does(handler_service, local_server, served_dir, dataset5):
+    """explain=true through the toolkit: the Content-Type parameter reaches input_fn, explain.py is found next to
+    inference.py in code/, and the heatmap covers the photo."""
+    jpeg = _jpeg(dataset5, 3)
+    width, height = Image.open(io.BytesIO(jpeg)).size
+    for body, content_type in ((jpeg, "image/jpeg; explain=true"),
+                               (_json(image=_b64(jpeg), explain=True), "application/json")):
+        toolkit = handle(handler_service, served_dir, body, content_type, None)
+        local = local_server.invoke(body, content_type, None)
+        assert (toolkit.status, local.status) == (200, 200), (toolkit.body[:300], local.body[:300])
+        got, expected = json.loads(toolkit.body), json.loads(local.body)
+        assert_same_predictions({"predictions": got["predictions"]}, {"predictions": expected["predictions"]})
+        explanation = got["explanation"]
+        assert explanation["class"] == got["predictions"][0]["class"] == expected["explanation"]["class"]
+        assert (explanation["width"], explanation["height"]) == (width, height)
+        assert _heatmap_alpha(explanation).shape == (height, width)
+        assert abs(_heatmap_alpha(explanation) - _heatmap_alpha(expected["explanation"])).max() <= 1
+    refused = handle(handler_service, served_dir, jpeg, "image/jpeg; explain=please", None)
+    assert refused.status == 400
+    assert refused.body.decode("utf-8").startswith("the Content-Type parameter explain must be true or false")

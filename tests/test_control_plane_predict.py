@@ -89,6 +89,10 @@ BAD_REQUESTS = [
     Case("top_k=-1", IMAGE, query="?top_k=-1", message="top_k must be a non-negative integer, got '-1'"),
     Case("top_k=abc", IMAGE, query="?top_k=abc", message="top_k must be a non-negative integer, got 'abc'"),
     Case("top_k=1.5", IMAGE, query="?top_k=1.5", message="top_k must be a non-negative integer, got '1.5'"),
+    Case("explain=yes", IMAGE, query="?explain=yes", message="explain must be true or false, got 'yes'"),
+    Case("explain=1", IMAGE, query="?explain=1", message="explain must be true or false, got '1'"),
+    judged_by_the_handler("explain \"true\" in JSON", js({"image": B64, "explain": "true"}), JSON,
+                          message='JSON field "explain" must be true or false, got \'true\''),
     judged_by_the_handler("top_k true in JSON", js({"image": B64, "top_k": True}), JSON,
                           message='JSON field "top_k" must be a non-negative integer, got True'),
     judged_by_the_handler("top_k 2.0 in JSON", js({"image": B64, "top_k": 2.0}), JSON,
@@ -166,6 +170,11 @@ GOOD_REQUESTS = [
     Good("base64 JSON images: the body and its top_k go as they came, the query's top_k in Accept",
          js({"images": [B64, b64(PNG)], "top_k": 3}), "application/json; charset=utf-8", JSON, query="?top_k=2",
          accept="application/json; top_k=2"),
+    Good("explain as a query parameter: a Content-Type parameter for the handlers", IMAGE, "image/jpeg",
+         "image/jpeg; explain=true", query="?explain=true&top_k=3", accept="application/json; top_k=3"),
+    Good("explain=TRUE on JSON", js({"image": B64}), JSON, "application/json; explain=true", query="?explain=TRUE"),
+    Good("explain=false asks for nothing", IMAGE, "image/png", "image/png", query="?explain=false"),
+    Good("explain in the JSON goes as it came", js({"image": B64, "explain": True}), JSON, JSON),
     Good("an Updating endpoint still serves its model", IMAGE, "image/jpeg", "image/jpeg", serving="Updating"),
 ]
 

@@ -195,3 +195,33 @@ def test_an_endpoint_made_to_fail_is_deleted_and_the_chosen_model_served_on_a_ne
         image = sorted((dataset5 / "test").rglob("*.jpg"))[0]
         status, body = http("POST", f"{stack.api_url}/predict?top_k=2", image.read_bytes(), "image/jpeg")
         assert status == 200 and len(body["predictions"]) == 2, body
+
+
+def test_the_local_api_serves_prometheus_metrics_that_count_exactly_the_requests_sent(tmp_path):
+    """7 good and 3 refused requests with no dataset published: GET /status is 200, POST /predict of text is
+    the control plane's 415 before any endpoint is asked."""
+    from urllib.request import urlopen
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    def scrape(url) -> dict:
+        with urlopen(f"{url}/metrics", timeout=30) as response:
+            assert response.headers["Content-Type"].startswith("text/plain; version=")
+            text = response.read().decode("utf-8")
+        return {(s.name, tuple(sorted(s.labels.items()))): s.value
+                for family in text_string_to_metric_families(text) for s in family.samples}
+
+    with LocalStack(tmp_path / "stack", cores=1) as stack:
+        before = scrape(stack.api_url)
+        statuses = [http("GET", f"{stack.api_url}/status")[0] for _ in range(7)]
+        statuses += [http("POST", f"{stack.api_url}/predict", b"hello", "text/plain")[0] for _ in range(3)]
+        after = scrape(stack.api_url)
+    assert statuses == [200] * 7 + [415] * 3
+    moved = {key: after[key] - before.get(key, 0.0) for key in after if after[key] != before.get(key, 0.0)}
+    assert {key: value for key, value in moved.items() if key[0] == "dogbreeds_api_requests_total"} == {
+        ("dogbreeds_api_requests_total", (("method", "GET"), ("route", "/status"), ("status", "200"))): 7,
+        ("dogbreeds_api_requests_total", (("method", "POST"), ("route", "/predict"), ("status", "415"))): 3}
+    assert moved[("dogbreeds_api_request_seconds_count", (("method", "GET"), ("route", "/status")))] == 7
+    assert moved[("dogbreeds_api_request_seconds_count", (("method", "POST"), ("route", "/predict")))] == 3
+    assert moved[("dogbreeds_api_request_seconds_bucket", (("le", "+Inf"), ("method", "POST"),
+                                                           ("route", "/predict")))] == 3

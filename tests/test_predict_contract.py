@@ -236,3 +236,21 @@ def test_the_default_top_k_is_contract_2s_and_only_the_handler_knows_it():
     assert inf.DEFAULT_TOP_K == CONTRACT_DEFAULT_TOP_K
     forwarded = predict.endpoint_request(JPEG, "image/jpeg", None, LIMIT)
     assert forwarded.accept == JSON                  # no top_k asked: none sent, the handler's default applies
+
+
+@pytest.mark.parametrize("value", ["true", "TRUE", " false ", "False", "yes", "1", "", "truee", "on"])
+def test_the_route_reads_the_explain_query_parameter_by_the_handlers_rule(value):
+    """?explain=V is accepted by the route exactly when the handler accepts explain=V as a Content-Type
+    parameter, with the same meaning; what the route forwards, the handler reads back."""
+    try:
+        route = predict.explain_parameter(value)
+    except predict.ApiError as error:
+        route = error.status
+    try:
+        handler = inf.input_fn(JPEG, f"image/jpeg; explain={value}").explain
+    except inf.ClientError as error:
+        handler = error.status_code
+    assert route == handler
+    if route is True:
+        forwarded = predict.endpoint_request(JPEG, "image/jpeg", None, LIMIT, value)
+        assert inf.input_fn(forwarded.body, forwarded.content_type).explain is True

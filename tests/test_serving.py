@@ -635,3 +635,61 @@ def test_a_model_dir_without_code_is_refused(tmp_path):
     (tmp_path / "m" / "code" / "inference.py").unlink()
     with pytest.raises(serving.ModelCodeError, match="code/inference.py not found"):
         ModelServer(tmp_path / "m")
+
+
+# ----------------------------------------------------------------------------------------------- metrics
+
+def scrape(srv) -> dict:
+    """``GET /metrics`` parsed by prometheus-client's own parser: {(sample name, labels as sorted tuple): value}."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    status, headers, raw = request(srv, "GET", "/metrics")
+    assert status == 200 and headers["content-type"].startswith("text/plain; version=")
+    return {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
+            for family in text_string_to_metric_families(raw.decode("utf-8")) for sample in family.samples}
+
+
+def moved(before: dict, after: dict) -> dict:
+    """The samples whose value changed, by how much (counters and histogram counts only move up)."""
+    return {key: after[key] - before.get(key, 0.0) for key in after if after[key] != before.get(key, 0.0)}
+
+
+def test_metrics_count_exactly_the_requests_sent_by_route_and_status(model_a, images):
+    with ModelServer(model_a, torch_threads=1, forward_workers=1, max_batch_size=4) as srv:
+        invoke(srv, images[0][0], images[0][1])       # series exist before the first scrape
+        before = scrape(srv)
+        for body, content_type in images[:7]:
+            assert invoke(srv, body, content_type)[0] == 200
+        assert invoke(srv, b"not an image", "image/jpeg")[0] == 400
+        assert invoke(srv, b"hello", "text/plain")[0] == 415
+        assert request(srv, "GET", "/nowhere")[0] == 404
+        assert request(srv, "GET", "/ping")[0] == 200
+        after = scrape(srv)
+        stats = srv.stats()
+    invocations = (("route", "/invocations"),)
+    changes = moved(before, after)
+    assert {key: value for key, value in changes.items() if key[0] == "dogbreeds_serving_requests_total"} == {
+        ("dogbreeds_serving_requests_total", (("route", "/invocations"), ("status", "200"))): 7,
+        ("dogbreeds_serving_requests_total", (("route", "/invocations"), ("status", "400"))): 1,
+        ("dogbreeds_serving_requests_total", (("route", "/invocations"), ("status", "415"))): 1,
+        ("dogbreeds_serving_requests_total", (("route", "other"), ("status", "404"))): 1,
+        ("dogbreeds_serving_requests_total", (("route", "/ping"), ("status", "200"))): 1}
+    assert changes[("dogbreeds_serving_request_seconds_count", invocations)] == 9
+    assert changes[("dogbreeds_serving_request_seconds_bucket", (("le", "+Inf"),) + invocations)] == 9
+    assert changes[("dogbreeds_serving_request_seconds_sum", invocations)] > 0
+    # Every image of the 7 good requests went through one forward; the batch-size histogram saw them all.
+    forwards = sum(stats["batch_sizes"].values())
+    assert after[("dogbreeds_serving_batch_size_count", ())] == forwards
+    assert after[("dogbreeds_serving_batch_size_sum", ())] == stats["images"] == 8
+    assert after[("dogbreeds_serving_model_version", ())] == 1
+    assert after[("dogbreeds_serving_queue_images", ())] == 0
+    assert after[("dogbreeds_serving_in_flight_requests", ())] == 0
+
+
+def test_two_servers_in_one_process_keep_their_own_metrics(model_a, images):
+    with ModelServer(model_a, torch_threads=1) as first, ModelServer(model_a, torch_threads=1) as second:
+        for _ in range(3):
+            invoke(first, images[0][0], images[0][1])
+        invoke(second, images[1][0], images[1][1])
+        key = ("dogbreeds_serving_requests_total", (("route", "/invocations"), ("status", "200")))
+        assert (scrape(first)[key], scrape(second)[key]) == (3, 1)

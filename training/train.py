@@ -528,7 +528,7 @@ def write_model_dir(model_dir: Path, state: dict, args, plan, metrics: dict, var
     code_dir = model_dir / "code"
     code_dir.mkdir(exist_ok=True)
     source = Path(__file__).resolve().parent.parent / "model_code"
-    for name in ("inference.py", "requirements.txt"):
+    for name in ("inference.py", "explain.py", "requirements.txt"):
         shutil.copy2(source / name, code_dir / name)
 
 

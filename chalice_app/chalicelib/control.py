@@ -450,10 +450,12 @@ class ControlPlane:
 
     # --- routes ---------------------------------------------------------------------------------
 
-    def predict(self, body: Optional[bytes], content_type: Optional[str], top_k: Optional[str]) -> dict:
-        """``POST /predict``: the endpoint's JSON, or ApiError (400/413/415/502/503/504)."""
+    def predict(self, body: Optional[bytes], content_type: Optional[str], top_k: Optional[str],
+                explain: Optional[str] = None) -> dict:
+        """``POST /predict``: the endpoint's JSON, or ApiError (400/413/415/502/503/504). ``top_k`` and
+        ``explain`` are the query parameters as given (None: absent)."""
         limit = predict.payload_limit(self.config.hosting.serverless)
-        request = predict.endpoint_request(body, content_type, top_k, limit)
+        request = predict.endpoint_request(body, content_type, top_k, limit, explain)
         state, _ = self.store.load()
         endpoint = names.endpoint_name(self.config.hosting.endpoint_name)
         if state.deployed is None:

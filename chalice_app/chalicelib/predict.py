@@ -2,8 +2,9 @@
 
 One rule, one place. Lambda owns what it must know to build the endpoint request without an image
 library: the media type (415), the body against the endpoint's payload limit (413), that there is a
-body at all (400), and the ``top_k`` query parameter, which travels to the handlers in the Accept
-header (400 when it is not a number, by the handlers' rule). Everything about the image bytes and the
+body at all (400), the ``top_k`` query parameter, which travels to the handlers in the Accept
+header (400 when it is not a number, by the handlers' rule), and the ``explain`` query parameter, which
+travels as the Content-Type parameter ``explain=true`` (400 when it is not true or false). Everything about the image bytes and the
 JSON document (base64, the images, their count, the JSON ``top_k``, the default top_k) is the endpoint
 handlers' (``model_code/inference.py``): Lambda forwards the body as it came, and their 4xx answers
 are passed through with their message. ``tests/test_predict_contract.py`` feeds one request corpus to
@@ -70,11 +71,22 @@ def top_k_parameter(text: Optional[str]) -> Optional[int]:
     raise ApiError(400, "BadRequest", f"top_k must be a non-negative integer, got {text[:60]!r}")
 
 
+def explain_parameter(text: Optional[str]) -> bool:
+    """The ``explain`` query parameter by the handlers' rule for it: ``true`` or ``false`` in any case,
+    blanks around allowed; absent = False. ApiError(400) otherwise."""
+    if text is None:
+        return False
+    if text.strip().lower() in ("true", "false"):
+        return text.strip().lower() == "true"
+    raise ApiError(400, "BadRequest", f"explain must be true or false, got {text[:60]!r}")
+
+
 def endpoint_request(body: Optional[bytes], content_type_header: Optional[str], top_k_param: Optional[str],
-                     limit_bytes: int) -> EndpointRequest:
-    """Check a ``/predict`` request's media type, size and ``top_k`` query parameter, and build what
-    the endpoint is sent: the body as it came, its media type, and ``Accept: application/json``
-    carrying ``; top_k=N`` when the query asked for N. Raises ApiError 415, 413 or 400."""
+                     limit_bytes: int, explain_param: Optional[str] = None) -> EndpointRequest:
+    """Check a ``/predict`` request's media type, size and ``top_k`` and ``explain`` query parameters, and
+    build what the endpoint is sent: the body as it came, its media type (with ``; explain=true`` when the
+    query asked for a heatmap: the handlers read it for image bytes and JSON alike), and ``Accept:
+    application/json`` carrying ``; top_k=N`` when the query asked for N. Raises ApiError 415, 413 or 400."""
     kind = media_type(content_type_header)
     if kind not in SUPPORTED_TYPES:
         shown = f"{kind!r}" if kind else "no Content-Type"
@@ -89,8 +101,9 @@ def endpoint_request(body: Optional[bytes], content_type_header: Optional[str], 
         raise ApiError(400, "BadRequest", "the body is empty: send the bytes of an image, or JSON like "
                                           '{"image": "<base64>"}')
     top_k = top_k_parameter(top_k_param)
+    explain = explain_parameter(explain_param)
     accept = JSON_TYPE if top_k is None else f"{JSON_TYPE}; top_k={top_k}"
-    return EndpointRequest(body=body, content_type=kind, accept=accept)
+    return EndpointRequest(body=body, content_type=f"{kind}; explain=true" if explain else kind, accept=accept)
 
 
 def endpoint_failure(error_code: str, message: str, original_status: Optional[int] = None,
