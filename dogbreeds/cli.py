@@ -8,6 +8,8 @@
     dogbreeds predict IMAGE...        the top breeds through POST /predict
     dogbreeds batch FOLDER            classify a folder through batch transform; says where predictions.csv is
     dogbreeds report [JOB] [--open]   the training report (report.html) of the instrumented run
+    dogbreeds console [--aws]         the web console: try a photo, watch the pipeline, roll back (a local
+                                      stack serves it at its API's /; --aws serves it here, signed to AWS)
     dogbreeds rollback MODEL          serve again a model the gate deployed before (`status --json` lists
                                       them under history); --reason says why, for the gate's record
     dogbreeds fetch                   download the public Udacity dog-breed dataset (resume, checksum)
@@ -220,6 +222,37 @@ def cmd_rollback(args) -> int:
     return 0
 
 
+def cmd_console(args) -> int:
+    stack = place(args)
+    if isinstance(stack, Home):
+        url = stack.api_url() + "/"
+        print(f"the console: {url}   (served by the stack of {stack.data_dir})")
+        if args.open:
+            import webbrowser
+            webbrowser.open(url)
+        return 0
+    from dogbreeds.console_aws import make_server
+    stack.require_api()
+    try:
+        server = make_server(stack, args.port)
+    except OSError as exc:
+        raise UserError(f"port {args.port} on 127.0.0.1 cannot be used ({exc.strerror}): choose another with "
+                        f"--port N (0 takes any free one)") from exc
+    url = f"http://127.0.0.1:{server.server_address[1]}/"
+    print(f"the console of {stack.target.api_url}: {url}   (on this machine only; its calls are signed with your "
+          f"AWS credentials; Ctrl-C stops it)", flush=True)
+    if args.open:
+        import webbrowser
+        webbrowser.open(url)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+    return 0
+
+
 def cmd_fetch(args) -> int:
     from dogbreeds import fetch
     return fetch.main(args.rest)
@@ -315,6 +348,12 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("job", nargs="?", help="training job (default: the current run's)")
     report.add_argument("--open", action="store_true", help="open it in a browser")
     report.set_defaults(run=cmd_report)
+
+    console = commands.add_parser("console", parents=[common, cloud_options],
+                                  help="the web console (a local stack serves it; --aws serves it here, signed)")
+    console.add_argument("--port", type=int, default=8080, help="with --aws: the port on 127.0.0.1 (0: any free one)")
+    console.add_argument("--open", action="store_true", help="open it in a browser")
+    console.set_defaults(run=cmd_console)
 
     rollback = commands.add_parser("rollback", parents=[common, cloud_options],
                                    help="serve again a model the gate deployed before")

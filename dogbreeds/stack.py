@@ -9,7 +9,8 @@
   once, to the Chalice app's own ``on_bucket_event`` and ``on_sagemaker_event`` handlers, and a
   ticker sending its ``reconcile`` handler the scheduled event every ``reconcile_seconds`` (on AWS an
   EventBridge rate rule, every few minutes; here seconds, as everything local is quicker);
-- the Chalice app's routes (``/predict``, ``/status``, ``/batch``) on 127.0.0.1;
+- the Chalice app's routes (``/predict``, ``/status``, ``/batch``, ``/models/{model}/serve``) on 127.0.0.1,
+  and beside them the web console (``dogbreeds.console``) at ``/``;
 - the training code package, built from this checkout and uploaded as on AWS.
 
 ``fail_endpoint_once`` (a reason) makes the endpoint's next create or update end ``Failed`` with that
@@ -181,9 +182,21 @@ class LocalStack:
         from chalice.config import Config
         from chalice.local import ChaliceRequestHandler, LocalDevServer
 
+        from .console import Console, LocalSource
+
+        console = Console(LocalSource(self.data_dir, self.config.bucket, lambda: self.plane.status()))
+
         class QuietHandler(ChaliceRequestHandler):
             def log_message(self, format, *args):     # one stderr line per request is noise in a terminal
                 log.debug("api: " + format, *args)
+
+            def do_GET(self):
+                """The console's page, files and pipeline view; every other GET is the API's."""
+                reply = console.answer(self.path) if Console.owns(self.path) else None
+                if reply is None:
+                    return self._generic_handle()
+                status, content_type, body = reply
+                self._send_http_response(status, {"Content-Type": content_type, "Cache-Control": "no-store"}, body)
 
         # On AWS the routes' IAMAuthorizer checks SigV4; Chalice's local server (127.0.0.1 only) says
         # once per request that it does not, which is known here.

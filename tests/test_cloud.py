@@ -511,3 +511,36 @@ def test_rollback_serves_the_earlier_model_locally_and_signed_and_records_who(de
         history = events.http.get("/status").json_body["history"]
         assert [(c["model_name"], c["chosen_by"]) for c in history] == [
             (model_1, "quality gate"), (model_2, "quality gate"), (model_1, who), (model_2, "local user")]
+
+
+def test_the_console_on_aws_serves_the_page_here_and_forwards_its_calls_signed(deployment, capsys):
+    from dogbreeds.console_aws import make_server
+    aws, gateway = deployment
+    with Client(chalice_app.app) as events:
+        first, _ = train(aws, events, 0.85)
+        deliver(events, aws.finish_endpoint(ENDPOINT, "InService", modified=T0))
+    stack = cli.place(cli.build_parser().parse_args(["console", *on_aws(gateway)]))
+    server = make_server(stack, 0)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        local = f"http://127.0.0.1:{server.server_address[1]}"
+        with __import__("urllib.request").request.urlopen(local + "/") as page:
+            assert b'<section id="pipeline">' in page.read()
+        assert gateway.seen == []                                   # the page itself is served here
+        status, view = http("GET", local + "/console/pipeline")
+        assert status == 200 and view["status"]["deployed"]["model_name"] == names.model_name(DATASET, first)
+        assert view["training"]["name"] == names.training_job_name(DATASET, first)
+        assert view["status"]["history"][0]["chosen_by"] == "quality gate"
+        aws.endpoint_replies[:] = [(200, endpoint_reply(("Akita", "Affenpinscher"), (0.75, 0.25)))]
+        status, answer = http("POST", local + "/predict", jpeg_bytes(), "image/jpeg")
+        assert (status, answer) == (200, endpoint_reply(("Akita", "Affenpinscher"), (0.75, 0.25)))
+        status, answer = http("POST", local + "/models/model-cats-0000/serve", b"{}", "application/json")
+        assert status == 404 and answer["Message"].startswith("model 'model-cats-0000' was never deployed")
+        # every call reached the API signed (no refusal), the page's pipeline view through GET /status
+        assert gateway.seen == [("GET", "/api/status", None), ("POST", "/api/predict", None),
+                                ("POST", "/api/models/model-cats-0000/serve", None)]
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(10)
