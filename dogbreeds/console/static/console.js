@@ -120,7 +120,13 @@ function svg(tag, attributes, text) {
 // series: [{name, points: [[x, y], ...]}]; draws axes, grid, one polyline per series and a legend.
 function lineChart(target, series, yLabel, empty) {
   target.replaceChildren();
-  const width = 600, height = 260, left = 46, right = 12, top = 12, bottom = 62;
+  // drawn at the size it is shown, so its text stays legible on a phone
+  const width = Math.max(300, Math.round(target.getBoundingClientRect().width) || 600);
+  const height = width < 500 ? 240 : 260, left = 46, right = 12, top = 12, bottom = 70;
+  target.setAttribute("viewBox", `0 0 ${width} ${height}`);
+  const longest = Math.max(0, ...series.map((s) => Math.min(s.name.length, 28)));
+  const columnWidth = Math.min(185, 24 + 6.5 * longest);
+  const columns = Math.max(1, Math.floor((width - left) / columnWidth));
   const points = series.flatMap((s) => s.points);
   if (points.length === 0) {
     target.append(svg("text", {x: width / 2, y: height / 2, "text-anchor": "middle"}, empty));
@@ -142,7 +148,7 @@ function lineChart(target, series, yLabel, empty) {
   }
   target.append(svg("line", {class: "axis", x1: left, x2: left, y1: top, y2: height - bottom}));
   target.append(svg("line", {class: "axis", x1: left, x2: width - right, y1: height - bottom, y2: height - bottom}));
-  target.append(svg("text", {x: width - right, y: height - bottom + 30, "text-anchor": "end"}, "epoch"));
+  target.append(svg("text", {x: width - right, y: height - bottom + 28, "text-anchor": "end"}, "epoch"));
   target.append(svg("text", {x: 4, y: top + 2, "dominant-baseline": "hanging"}, yLabel));
   series.forEach((s, i) => {
     const colour = COLOURS[i % COLOURS.length];
@@ -150,8 +156,8 @@ function lineChart(target, series, yLabel, empty) {
                                   points: s.points.map((p) => `${X(p[0]).toFixed(1)},${Y(p[1]).toFixed(1)}`).join(" ")});
     target.append(line);
     for (const p of s.points) target.append(svg("circle", {cx: X(p[0]), cy: Y(p[1]), r: 2.5, fill: colour}));
-    const column = i % 3, row = Math.floor(i / 3);
-    const lx = left + column * 185, ly = height - 24 + row * 14;
+    const column = i % columns, row = Math.floor(i / columns);
+    const lx = left + column * columnWidth, ly = height - 30 + row * 12;
     target.append(svg("rect", {x: lx, y: ly - 8, width: 10, height: 10, fill: colour}));
     target.append(svg("text", {x: lx + 14, y: ly + 1}, s.name.length > 28 ? "…" + s.name.slice(-27) : s.name));
   });
@@ -293,6 +299,18 @@ async function serve(model) {
   refresh();
 }
 
+// Each cell carries its column's name, which the phone layout shows beside it (a row becomes a card).
+function labelCells() {
+  for (const table of document.querySelectorAll("table")) {
+    const names = Array.from(table.querySelectorAll("thead th")).map((th) => th.textContent);
+    for (const row of table.querySelectorAll("tbody tr")) {
+      Array.from(row.children).forEach((cell, i) => {
+        if (names[i] && cell.getAttribute("colspan") === null) cell.setAttribute("data-th", names[i]);
+      });
+    }
+  }
+}
+
 function render(view) {
   const status = view.status || {};
   const run = status.run || {};
@@ -321,6 +339,7 @@ function render(view) {
   renderTraining(view);
   renderBatches(view);
   renderHistory(view);
+  labelCells();
 }
 
 async function refresh() {
