@@ -103,6 +103,7 @@ def shoot(driver, name: str, section: str) -> None:
     for label, (width, height) in (("desktop", DESKTOP), ("phone", PHONE)):
         driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", {"width": width, "height": height,
                                                                       "deviceScaleFactor": 1, "mobile": label == "phone"})
+        time.sleep(0.5)               # the page redraws its charts at the new width (its resize handler)
         top, tall = driver.execute_script(
             "const r = document.getElementById(arguments[0]).getBoundingClientRect();"
             "return [r.top + window.scrollY, r.height];", section)
@@ -209,9 +210,13 @@ def test_serve_this_one_puts_the_earlier_model_back_on_the_endpoint(browser, sta
     wait_for(lambda: served_model(stack) == first, RUN_SECONDS, "the first model to serve again")
     _, now = http("POST", f"{stack.api_url}/predict", image, "image/jpeg")
     assert now == by_first
-    WebDriverWait(browser, 20).until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#history tbody tr[data-model]")) == 3)
-    latest = browser.find_element(By.CSS_SELECTOR, "#history tbody tr[data-model]")
-    cells = [cell.text for cell in latest.find_elements(By.TAG_NAME, "td")]
+
+    def latest_choice(driver):
+        """The newest history row's cells, once the page shows three and the endpoint serving its model."""
+        rows = driver.find_elements(By.CSS_SELECTOR, "#history tbody tr[data-model]")
+        cells = [cell.text for cell in rows[0].find_elements(By.TAG_NAME, "td")] if len(rows) == 3 else []
+        return cells if cells and cells[1].endswith("(serving)") else None
+    cells = WebDriverWait(browser, 20, ignored_exceptions=(StaleElementReferenceException,)).until(latest_choice)
     assert cells[1] == f"{first} (serving)" and cells[4] == "local user" and cells[5] == "the pups model is worse on dogs"
     assert second != first
     time.sleep(0.1)

@@ -342,12 +342,25 @@ function render(view) {
   labelCells();
 }
 
+let lastView = null;
+
+// The charts are drawn at the size they are shown: drawn again when the window's width changes.
+let shownWidth = window.innerWidth;
+window.addEventListener("resize", () => {
+  if (window.innerWidth === shownWidth || lastView === null) return;
+  shownWidth = window.innerWidth;
+  delete drawn.trials;
+  delete drawn.training;
+  render(lastView);
+});
+
 async function refresh() {
   const connection = document.getElementById("connection");
   try {
     const response = await fetch("/console/pipeline", {cache: "no-store"});
     if (!response.ok) throw new Error(await failure(response));
-    render(await response.json());
+    lastView = await response.json();
+    render(lastView);
     connection.textContent = "updated " + new Date().toLocaleTimeString();
   } catch (error) {
     connection.textContent = "not updated: " + error.message;
