@@ -14,6 +14,7 @@ import os
 import tarfile
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -525,7 +526,7 @@ def test_the_console_on_aws_serves_the_page_here_and_forwards_its_calls_signed(d
     thread.start()
     try:
         local = f"http://127.0.0.1:{server.server_address[1]}"
-        with __import__("urllib.request").request.urlopen(local + "/") as page:
+        with urllib.request.urlopen(local + "/") as page:
             assert b'<section id="pipeline">' in page.read()
         assert gateway.seen == []                                   # the page itself is served here
         status, view = http("GET", local + "/console/pipeline")

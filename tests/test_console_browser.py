@@ -18,6 +18,7 @@ import json
 import os
 import shutil
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -143,7 +144,7 @@ def test_a_run_is_watched_on_the_page_from_tuning_to_deployed_with_its_trials(br
     rules = browser.find_elements(By.CSS_SELECTOR, "#rules tbody tr[data-rule]")
     assert len(rules) > 3
     report = browser.find_element(By.CSS_SELECTOR, "#report a").get_attribute("href")
-    with __import__("urllib.request").request.urlopen(report) as answer:
+    with urllib.request.urlopen(report) as answer:
         assert b"<html" in answer.read(2000).lower()
 
 
