@@ -10,7 +10,9 @@ Events (EventBridge, at least once, in any order):
   unless a deployed model is not yet serving.
 
 Routes (Contract 4), all behind IAM authorisation (SigV4-signed requests): ``POST /predict``,
-``GET /status``, ``POST /batch``, ``GET /batch/{batch_id}``. Errors are JSON ``{"Code", "Message"}``.
+``GET /status``, ``POST /batch``, ``GET /batch/{batch_id}``, and ``POST /models/{model}/serve`` (serve a
+model the gate deployed before: a rollback, recorded with the caller's identity and reason). Errors are
+JSON ``{"Code", "Message"}``.
 
 Logging and metrics are Powertools', registered as middleware; Powertools' Tracer (X-Ray subsegments
 for every AWS call) only with ``DOGBREEDS_TRACE_AWS_CALLS=true``, since its X-Ray SDK costs each cold
@@ -39,6 +41,9 @@ from chalicelib.predict import IMAGE_TYPES, ApiError
 SERVICE = "dogbreeds"
 NAMESPACE = "DogBreeds"
 MAX_BATCH_REQUEST_BYTES = 4096
+MAX_SERVE_REQUEST_BYTES = 4096
+MAX_REASON_CHARACTERS = 500
+LOCAL_USER = "local user"      # who chose, when no IAM identity came with the request (the local stack)
 RECONCILE_MINUTES = 5
 
 app = Chalice(app_name=SERVICE, configure_logs=False)   # Powertools' logger owns the log format
@@ -201,6 +206,51 @@ def start_batch():
 @app.route("/batch/{batch_id}", methods=["GET"], authorizer=AUTHORIZER)
 def batch_status(batch_id):
     return _answer(lambda plane: (plane.batch_status(batch_id),))
+
+
+def caller_identity(context: Optional[dict]) -> str:
+    """Who sent the request: on AWS, the IAM identity API Gateway's IAM authorisation verified
+    (``requestContext.identity.userArn``, else its ``caller``); locally, where nothing is signed,
+    LOCAL_USER."""
+    identity = (context or {}).get("identity") or {}
+    return identity.get("userArn") or identity.get("caller") or LOCAL_USER
+
+
+def _json_object(raw: bytes, limit: int, shape: str) -> dict:
+    """The body as a JSON object (an empty body is ``{}``); ApiError 413 or 400 saying ``shape``."""
+    if len(raw) > limit:
+        raise ApiError(413, "PayloadTooLarge", f"the body is {len(raw)} bytes; this request is a small JSON "
+                                               f"object of at most {limit} bytes: {shape}")
+    if not raw.strip():
+        return {}
+    try:
+        document = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        raise ApiError(400, "BadRequest", f"the body must be JSON: {shape}") from None
+    if not isinstance(document, dict):
+        raise ApiError(400, "BadRequest", f"the body must be a JSON object: {shape}")
+    return document
+
+
+@app.route("/models/{model}/serve", methods=["POST"], content_types=["application/json"], authorizer=AUTHORIZER)
+def serve_model(model):
+    """Serve again a model the quality gate deployed before (GET /status's ``history`` lists them), with an
+    optional ``{"reason": "..."}``: 202 with the status, 404 for a model never deployed, 409 while the
+    endpoint is changing. The gate's record says who chose it (the caller's IAM identity) and why."""
+    request = app.current_request
+    raw = request.raw_body or b""
+
+    def work(plane):
+        shape = '{"reason": "<why this model>"} (optional)'
+        reason = _json_object(raw, MAX_SERVE_REQUEST_BYTES, shape).get("reason")
+        if reason is not None and not isinstance(reason, str):
+            raise ApiError(400, "BadRequest", f"reason must be a string: {shape}")
+        if reason is not None and len(reason) > MAX_REASON_CHARACTERS:
+            raise ApiError(400, "BadRequest", f"reason is {len(reason)} characters; at most "
+                                              f"{MAX_REASON_CHARACTERS}")
+        return plane.serve_model(model, caller_identity(request.context), (reason or "").strip() or None), 202
+
+    return _answer(work)
 
 
 # --- events ---------------------------------------------------------------------------------------

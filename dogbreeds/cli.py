@@ -8,6 +8,10 @@
     dogbreeds predict IMAGE...        the top breeds through POST /predict
     dogbreeds batch FOLDER            classify a folder through batch transform; says where predictions.csv is
     dogbreeds report [JOB] [--open]   the training report (report.html) of the instrumented run
+    dogbreeds console [--aws]         the web console: try a photo, watch the pipeline, roll back (a local
+                                      stack serves it at its API's /; --aws serves it here, signed to AWS)
+    dogbreeds rollback MODEL          serve again a model the gate deployed before (`status --json` lists
+                                      them under history); --reason says why, for the gate's record
     dogbreeds fetch                   download the public Udacity dog-breed dataset (resume, checksum)
     dogbreeds demo                    the whole main job on generated images
     dogbreeds aws deploy|destroy      the same pipeline on AWS: one command up (--plan first), one down
@@ -17,7 +21,7 @@ the stack's bucket, job records, logs and event spool live there, so ``publish``
 ``logs`` work from any terminal, and ``publish`` also while no stack runs (the stack picks the
 marker's event up when it starts). ``predict`` and ``batch`` need the running stack's API.
 
-On AWS: ``publish``, ``status``, ``predict``, ``batch`` and ``report`` take ``--aws`` (the deployment of
+On AWS: ``publish``, ``status``, ``predict``, ``batch``, ``report`` and ``rollback`` take ``--aws`` (the deployment of
 stage dev), ``--stage S``, or ``--api URL`` (with ``--region R``) and ``--bucket B``: the same command,
 the same output, against the deployed API (SigV4-signed with your AWS credentials; ``--aws-profile``)
 and bucket. ``dogbreeds aws deploy`` records where a stage's deployment is.
@@ -216,6 +220,43 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_rollback(args) -> int:
+    view = client.serve_model(place(args), args.model, args.reason)
+    print("\n".join(client.served_lines(view)))
+    return 0
+
+
+def cmd_console(args) -> int:
+    stack = place(args)
+    if isinstance(stack, Home):
+        url = stack.api_url() + "/"
+        print(f"the console: {url}   (served by the stack of {stack.data_dir})")
+        if args.open:
+            import webbrowser
+            webbrowser.open(url)
+        return 0
+    from dogbreeds.console_aws import make_server
+    stack.require_api()
+    try:
+        server = make_server(stack, args.port)
+    except OSError as exc:
+        raise UserError(f"port {args.port} on 127.0.0.1 cannot be used ({exc.strerror}): choose another with "
+                        f"--port N (0 takes any free one)") from exc
+    url = f"http://127.0.0.1:{server.server_address[1]}/"
+    print(f"the console of {stack.target.api_url}: {url}   (on this machine only; its calls are signed with your "
+          f"AWS credentials; Ctrl-C stops it)", flush=True)
+    if args.open:
+        import webbrowser
+        webbrowser.open(url)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+    return 0
+
+
 def cmd_fetch(args) -> int:
     from dogbreeds import fetch
     return fetch.main(args.rest)
@@ -314,6 +355,18 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("job", nargs="?", help="training job (default: the current run's)")
     report.add_argument("--open", action="store_true", help="open it in a browser")
     report.set_defaults(run=cmd_report)
+
+    console = commands.add_parser("console", parents=[common, cloud_options],
+                                  help="the web console (a local stack serves it; --aws serves it here, signed)")
+    console.add_argument("--port", type=int, default=8080, help="with --aws: the port on 127.0.0.1 (0: any free one)")
+    console.add_argument("--open", action="store_true", help="open it in a browser")
+    console.set_defaults(run=cmd_console)
+
+    rollback = commands.add_parser("rollback", parents=[common, cloud_options],
+                                   help="serve again a model the gate deployed before")
+    rollback.add_argument("model", help="the model's name (GET /status's history lists them: model-<dataset>-<hash>)")
+    rollback.add_argument("--reason", help="why: kept in the gate's record with who chose it")
+    rollback.set_defaults(run=cmd_rollback)
 
     for name, run, what in (("fetch", cmd_fetch, "download the Udacity dog-breed dataset (see --help)"),
                             ("demo", cmd_demo, "the whole main job on generated images (see --help)"),

@@ -505,6 +505,30 @@ def overlay(photo: bytes, explanation: dict):
     return Image.alpha_composite(picture, heat.resize(picture.size, Image.Resampling.BILINEAR))
 
 
+def serve_model(stack: Stack, model: str, reason: Optional[str] = None) -> dict:
+    """``POST /models/<model>/serve``: the endpoint serves a model the gate deployed before again (a
+    rollback); returns GET /status's document after the choice. Refusals (404 a model never deployed,
+    409 the endpoint is changing) are UserErrors with the API's message."""
+    from urllib.parse import quote
+    body = json.dumps({"reason": reason} if reason else {}).encode("utf-8")
+    status, answer = stack.api("POST", f"/models/{quote(model, safe='')}/serve", body, "application/json")
+    if status != 202:
+        raise api_failure(status, answer)
+    return answer
+
+
+def served_lines(view: dict) -> list:
+    """What ``dogbreeds rollback`` prints from the status document the route answered."""
+    deployed, endpoint = view.get("deployed") or {}, view.get("endpoint") or {}
+    accuracy = deployed.get("test_acc")
+    lines = [f"chosen    {deployed.get('model_name')} (dataset {deployed.get('dataset')}, test accuracy "
+             f"{'-' if accuracy is None else f'{accuracy:.4f}'}) by {deployed.get('chosen_by')}: {deployed.get('reason')}"]
+    if endpoint:
+        lines.append(f"endpoint  {endpoint.get('name')} is {endpoint.get('status')}: it serves the model once it is "
+                     f"InService (`dogbreeds status --watch` follows it)")
+    return lines
+
+
 BATCH_ID = re.compile(r"[^A-Za-z0-9._-]+")
 
 

@@ -9,8 +9,9 @@
   once, to the Chalice app's own ``on_bucket_event`` and ``on_sagemaker_event`` handlers, and a
   ticker sending its ``reconcile`` handler the scheduled event every ``reconcile_seconds`` (on AWS an
   EventBridge rate rule, every few minutes; here seconds, as everything local is quicker);
-- the Chalice app's routes (``/predict``, ``/status``, ``/batch``) on 127.0.0.1, and ``GET /metrics`` there
-  (Prometheus text: ``dogbreeds.metrics``; on AWS the app's Powertools metrics stand instead);
+- the Chalice app's routes (``/predict``, ``/status``, ``/batch``, ``/models/{model}/serve``) on 127.0.0.1,
+  beside them the web console (``dogbreeds.console``) at ``/``, and ``GET /metrics`` (Prometheus text:
+  ``dogbreeds.metrics``; on AWS the app's Powertools metrics stand instead);
 - the training code package, built from this checkout and uploaded as on AWS.
 
 ``fail_endpoint_once`` (a reason) makes the endpoint's next create or update end ``Failed`` with that
@@ -265,6 +266,19 @@ class LocalStack:
         from chalice.config import Config
         from chalice.local import LocalChalice
 
+        from .console import Console, LocalSource
+
+        console = Console(LocalSource(self.data_dir, self.config.bucket, lambda: self.plane.status()))
+
+        class ConsoleHandler(_ApiHandler):
+            def do_GET(self):
+                """The console's page, files and pipeline view; every other GET is the API's."""
+                reply = console.answer(self.path) if Console.owns(self.path) else None
+                if reply is None:
+                    return super().do_GET()
+                status, content_type, body = reply
+                self._send_http_response(status, {"Content-Type": content_type, "Cache-Control": "no-store"}, body)
+
         # On AWS the routes' IAMAuthorizer checks SigV4; Chalice's local gateway (127.0.0.1 only) says
         # once per request that it does not, which is known here.
         warnings.filterwarnings("ignore", message="IAMAuthorizer is not a supported in local mode")
@@ -276,7 +290,7 @@ class LocalStack:
             app.__class__ = type("ThreadLocalChalice", (LocalChalice, self._app_class), {})
         self.metrics = ApiMetrics(chalice_route_of(app))       # GET /metrics: requests by route and status
         self._api_server = ApiServer(("127.0.0.1", self.api_port), app, Config.create(),
-                                     handler_cls=metered(_ApiHandler, self.metrics))
+                                     handler_cls=metered(ConsoleHandler, self.metrics))
         host, port = self._api_server.server_address[:2]
         self.api_url = f"http://{host}:{port}"
 

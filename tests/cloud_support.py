@@ -7,6 +7,10 @@ the secret key of the access key the request names, and refuses with API Gateway
 ``{"message"}`` body and ``x-amzn-ErrorType``) a request that is unsigned, names an unknown key, is
 scoped to another region or service, is stale, or whose signature does not match. Without ``keys`` it
 is the local stack's API: no authorisation.
+
+An authorised request reaches the app with the identity API Gateway puts in its request context
+(``requestContext.identity``: ``userArn``, ``caller``, ``accessKey``), the user ``users`` names for its
+access key (default ``arn:aws:iam::123456789012:user/<key>``).
 """
 
 from __future__ import annotations
@@ -81,12 +85,23 @@ class Gateway:
     ``keys`` are given. ``seen`` records each request: (method, path, refusal type or None). Start and
     stop it, or use it as a context manager."""
 
-    def __init__(self, app, region: str, keys: Optional[Dict[str, str]] = None, stage: str = "api"):
+    def __init__(self, app, region: str, keys: Optional[Dict[str, str]] = None, stage: str = "api",
+                 users: Optional[Dict[str, str]] = None):
         self.app, self.region, self.keys, self.stage = app, region, keys, stage
+        self.users = users or {}
         self.seen: List[Tuple[str, str, Optional[str]]] = []
         self.output = io.StringIO()
         # requests are served one at a time (HTTPServer), from a thread of their own: one client serves them all
         self._chalice = without_environment_swaps(Client(app))
+        self._identity: Dict[str, str] = {}
+        converter = self._chalice.http._local_gateway.event_converter
+        create_event = converter.create_lambda_event
+
+        def with_identity(*args, **kwargs):
+            event = create_event(*args, **kwargs)
+            event["requestContext"]["identity"].update(self._identity)
+            return event
+        converter.create_lambda_event = with_identity
         self._server: Optional[HTTPServer] = None
         self._thread: Optional[threading.Thread] = None
 
@@ -106,6 +121,11 @@ class Gateway:
         if refusal is not None:
             return 403, {"Content-Type": "application/json", "x-amzn-ErrorType": refusal[0]}, \
                 json.dumps({"message": refusal[1]}).encode()
+        self._identity = {}
+        if self.keys is not None:
+            key = AUTHORIZATION.match(headers["authorization"])["key"]
+            self._identity = {"userArn": self.users.get(key, f"arn:aws:iam::123456789012:user/{key}"),
+                              "caller": key, "accessKey": key}
         forwarded = {name: value for name, value in headers.items() if name != "host"}
         # The app's log and metric lines go to CloudWatch on AWS: here to ``output``, not into the command's
         # stdout (the command waits for this answer, so nothing of its own is printed meanwhile).

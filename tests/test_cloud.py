@@ -14,6 +14,7 @@ import os
 import tarfile
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -472,3 +473,75 @@ def test_report_on_aws_unpacks_the_completed_runs_report_from_the_bucket(deploym
     assert cli.main(["report", "train-never-ran", "--data-dir", str(home), *on_aws(gateway)]) == 2
     assert (f"there is no s3://{BUCKET}/jobs/train-never-ran/train-never-ran/output/output.tar.gz: training job "
             f"'train-never-ran' has not completed") in capsys.readouterr().err
+
+
+# --- rollback: the same command, locally and signed ----------------------------------------------------
+
+def test_rollback_serves_the_earlier_model_locally_and_signed_and_records_who(deployment, tmp_path, capsys):
+    aws, gateway = deployment
+    with Client(chalice_app.app) as events, Gateway(chalice_app.app, REGION) as unauthorised:
+        first, _ = train(aws, events, 0.85)
+        deliver(events, aws.finish_endpoint(ENDPOINT, "InService", modified=T0))
+        second, _ = train(aws, events, 0.90, note=b"published again", upload=False)
+        deliver(events, aws.finish_endpoint(ENDPOINT, "InService", modified=T0 + 1))
+        home = local_home(tmp_path, unauthorised.url.rstrip("/"))
+        model_1, model_2 = names.model_name(DATASET, first), names.model_name(DATASET, second)
+
+        assert cli.main(["rollback", model_1, "--reason", "the 0.90 model mislabels Akitas", *on_aws(gateway)]) == 0
+        printed = capsys.readouterr()
+        who = f"arn:aws:iam::123456789012:user/{KEY}"
+        assert printed.out == (f"chosen    {model_1} (dataset {DATASET}, test accuracy 0.8500) by {who}: the 0.90 "
+                               f"model mislabels Akitas\n"
+                               f"endpoint  {ENDPOINT} is Updating: it serves the model once it is InService "
+                               f"(`dogbreeds status --watch` follows it)\n")
+        assert aws.created("UpdateEndpoint")[-1] == {"EndpointName": ENDPOINT,
+                                                     "EndpointConfigName": names.endpoint_config_name(DATASET, first)}
+        assert gateway.seen[-1] == ("POST", f"/api/models/{model_1}/serve", None)
+
+        # while it updates, the local command is refused with the API's words, and nothing is sent
+        updates = len(aws.created("UpdateEndpoint"))
+        assert cli.main(["rollback", model_2, "--data-dir", str(home)]) == 2
+        assert capsys.readouterr().err == (f"dogbreeds rollback: HTTP 409 Conflict: endpoint {ENDPOINT} is Updating: "
+                                           f"SageMaker accepts no other model until it is InService; try again in a "
+                                           f"few minutes\n")
+        deliver(events, aws.finish_endpoint(ENDPOINT, "InService", modified=T0 + 2))
+        assert cli.main(["rollback", model_2, "--data-dir", str(home)]) == 0
+        assert capsys.readouterr().out.startswith(f"chosen    {model_2} (dataset {DATASET}, test accuracy 0.9000) by "
+                                                  f"local user: no reason given\n")
+        assert len(aws.created("UpdateEndpoint")) == updates + 1
+        history = events.http.get("/status").json_body["history"]
+        assert [(c["model_name"], c["chosen_by"]) for c in history] == [
+            (model_1, "quality gate"), (model_2, "quality gate"), (model_1, who), (model_2, "local user")]
+
+
+def test_the_console_on_aws_serves_the_page_here_and_forwards_its_calls_signed(deployment, capsys):
+    from dogbreeds.console_aws import make_server
+    aws, gateway = deployment
+    with Client(chalice_app.app) as events:
+        first, _ = train(aws, events, 0.85)
+        deliver(events, aws.finish_endpoint(ENDPOINT, "InService", modified=T0))
+    stack = cli.place(cli.build_parser().parse_args(["console", *on_aws(gateway)]))
+    server = make_server(stack, 0)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        local = f"http://127.0.0.1:{server.server_address[1]}"
+        with urllib.request.urlopen(local + "/") as page:
+            assert b'<section id="pipeline">' in page.read()
+        assert gateway.seen == []                                   # the page itself is served here
+        status, view = http("GET", local + "/console/pipeline")
+        assert status == 200 and view["status"]["deployed"]["model_name"] == names.model_name(DATASET, first)
+        assert view["training"]["name"] == names.training_job_name(DATASET, first)
+        assert view["status"]["history"][0]["chosen_by"] == "quality gate"
+        aws.endpoint_replies[:] = [(200, endpoint_reply(("Akita", "Affenpinscher"), (0.75, 0.25)))]
+        status, answer = http("POST", local + "/predict", jpeg_bytes(), "image/jpeg")
+        assert (status, answer) == (200, endpoint_reply(("Akita", "Affenpinscher"), (0.75, 0.25)))
+        status, answer = http("POST", local + "/models/model-cats-0000/serve", b"{}", "application/json")
+        assert status == 404 and answer["Message"].startswith("model 'model-cats-0000' was never deployed")
+        # every call reached the API signed (no refusal), the page's pipeline view through GET /status
+        assert gateway.seen == [("GET", "/api/status", None), ("POST", "/api/predict", None),
+                                ("POST", "/api/models/model-cats-0000/serve", None)]
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(10)

@@ -9,7 +9,8 @@ from chalice import IAMAuthorizer
 from chalice_app import app as chalice_app
 
 
-EXPECTED_ROUTES = {("/predict", "POST"), ("/status", "GET"), ("/batch", "POST"), ("/batch/{batch_id}", "GET")}
+EXPECTED_ROUTES = {("/predict", "POST"), ("/status", "GET"), ("/batch", "POST"), ("/batch/{batch_id}", "GET"),
+                   ("/models/{model}/serve", "POST")}
 
 
 def test_every_route_requires_iam_authorisation():

@@ -41,7 +41,8 @@ from .pipeline import check_dataset_layout, final_metrics
 from .state import (CREATE, DELETE, TERMINAL, UPDATE, Deploy, EndpointSeen, EnsureServing, PipelineState, Record,
                     StartTraining, StartTransform, StartTuning, WritePredictions, endpoint_deleted, endpoint_step,
                     endpoint_step_taken, on_batch_requested, on_dataset_published, on_endpoint_changed,
-                    on_reconcile_tick, on_training_changed, on_transform_changed, on_tuning_changed)
+                    on_reconcile_tick, on_serve_requested, on_training_changed, on_transform_changed,
+                    on_tuning_changed, serve_refusal)
 
 log = logging.getLogger("dogbreeds.control")
 
@@ -158,6 +159,7 @@ class ControlPlane:
         self.metric = metric or (lambda name, value, dimensions: None)
         self.store = StateStore(s3, config.bucket, config.layout.state_key)
         self.sleep = time.sleep
+        self.clock = time.time          # when the gate or a person chose a model (the history's times)
 
     # --- events ---------------------------------------------------------------------------------
 
@@ -226,7 +228,7 @@ class ControlPlane:
                     and state.run_for("training", event.name) is not None:
                 description = self.sagemaker.describe_training_job(TrainingJobName=event.name)
                 metrics = final_metrics(description.get("FinalMetricDataList"))
-            return on_training_changed(state, event, metrics, self.config.gate.accuracy_floor)
+            return on_training_changed(state, event, metrics, self.config.gate.accuracy_floor, self.clock())
         if event.kind == "endpoint":
             if event.name != names.endpoint_name(self.config.hosting.endpoint_name):
                 return state, []
@@ -490,8 +492,49 @@ class ControlPlane:
             raise predict.ApiError(502, "EndpointError", f"the endpoint answered something that is not JSON "
                                                          f"({len(raw)} bytes)") from exc
 
+    def serve_model(self, model_name: str, chosen_by: str, reason: Optional[str] = None) -> dict:
+        """``POST /models/{model}/serve``: put a model the gate deployed before back on the endpoint, through
+        the same lifecycle as the gate's choices; ApiError 404 (never deployed) or 409 (the endpoint is
+        changing, a deployment is under way, or it serves that model already: ``state.serve_refusal``).
+
+        Three steps, so that no endpoint change is sent for a choice that is not saved: the model and its
+        endpoint config are created again if they were deleted (idempotent creates); the choice is saved
+        over the state it was checked against (checked again on a conflict, nothing sent yet); then the
+        endpoint is brought one step closer to serving it, as the scheduled tick would (which also makes
+        good a crash in between: the saved state says the model waits to be deployed)."""
+        endpoint, now = names.endpoint_name(self.config.hosting.endpoint_name), self.clock()
+        state, _ = self.store.load()
+        self._refuse_serving(state, model_name, endpoint)
+        new, actions = on_serve_requested(state, model_name, chosen_by, reason, now)
+        self._deploy(actions[0])
+        for _ in range(SAVE_ATTEMPTS):
+            state, etag = self.store.load()
+            self._refuse_serving(state, model_name, endpoint)
+            new, _ = on_serve_requested(state, model_name, chosen_by, reason, now)
+            try:
+                self.store.save(new, etag)
+            except StateConflict:
+                continue
+            break
+        else:
+            raise predict.ApiError(409, "Conflict", "the pipeline state kept changing: try again")
+        log.info("model %s chosen by %s to serve again: %s", model_name, chosen_by, new.deployed.reason)
+        self.metric("ModelsServedAgain", 1, {})
+        self._reconcile_now(now)
+        return self.status()
+
+    def _refuse_serving(self, state: PipelineState, model_name: str, endpoint: str) -> None:
+        refusal = serve_refusal(state, model_name, endpoint, self._describe_endpoint(endpoint))
+        if refusal is not None:
+            raise predict.ApiError(refusal.status, refusal.code, refusal.message)
+
+    def _reconcile_now(self, now: float) -> None:
+        """What the scheduled tick does, now: the deployed model's next endpoint step, saved."""
+        self.handle(ReconcileTick(f"serve-{now:.6f}"))
+
     def status(self) -> dict:
-        """``GET /status``: the current dataset's run, the deployed model, the endpoint, the last batch."""
+        """``GET /status``: the current dataset's run, the deployed model, the endpoint, the last batch, and
+        ``history``: every deployment chosen (by the gate or a person), oldest first."""
         state, _ = self.store.load()
         current = None
         if state.current_dataset:
@@ -508,6 +551,7 @@ class ControlPlane:
             "last_batch": self._batch_view(last_batch) if last_batch else None,
             "runs": len(runs),
             "batches": len(state.batches),
+            "history": [dataclasses.asdict(choice) for choice in state.history],
         }
 
     def _batch_view(self, batch) -> dict:

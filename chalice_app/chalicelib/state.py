@@ -50,6 +50,9 @@ DEPLOYING = "Deploying"              # asked for, or waiting for the endpoint to
 SERVING = "Serving"                  # the endpoint is InService with this model's endpoint config
 FAILED_TO_DEPLOY = "FailedToDeploy"  # the endpoint failed with it ENDPOINT_ATTEMPTS_PER_MODEL times: given up
 ENDPOINT_ATTEMPTS_PER_MODEL = 2      # CreateEndpoint/UpdateEndpoint calls SageMaker accepted, per model
+GATE = "quality gate"                # who chose a model the gate deployed (a person's choice names the caller)
+# Endpoint statuses in which no other model may be asked for: SageMaker refuses UpdateEndpoint until InService.
+CHANGING = ("Creating", "Updating", "SystemUpdating", "RollingBack", "Deleting")
 
 
 # --- actions: what the handler must do -----------------------------------------------------------
@@ -146,6 +149,25 @@ class DeployedModel:
     endpoint_attempts: int = 0
     endpoint_failures: List[str] = field(default_factory=list)
     waiting: Optional[str] = None
+    chosen_by: str = GATE
+    reason: Optional[str] = None
+    chosen_at: Optional[float] = None
+
+
+@dataclass
+class Choice:
+    """One entry of the gate's record of deployments (``PipelineState.history``, oldest first): a model
+    the quality gate deployed (``chosen_by`` GATE, its decision's reason), or one a person chose to serve
+    again (``chosen_by`` the caller, their reason). ``chosen_at`` is seconds since the epoch."""
+    model_name: str
+    dataset: str
+    marker: str
+    training_job: str
+    test_acc: Optional[float]
+    metrics: Dict[str, float]
+    chosen_by: str
+    reason: str
+    chosen_at: Optional[float]
 
 
 @dataclass
@@ -175,6 +197,7 @@ class PipelineState:
     batches: Dict[str, Batch] = field(default_factory=dict)
     events_seen: List[str] = field(default_factory=list)   # a set, kept in arrival order to bound it
     version: int = STATE_VERSION
+    history: List[Choice] = field(default_factory=list)    # every deployment chosen, oldest first
 
     def to_json(self) -> str:
         # Keys keep their insertion order (runs and batches oldest first), so "the last batch" survives a reload.
@@ -193,6 +216,7 @@ class PipelineState:
             batches={k: Batch(**v) for k, v in data.get("batches", {}).items()},
             events_seen=list(data.get("events_seen", [])),
             version=data["version"],
+            history=[Choice(**c) for c in data.get("history", [])],   # absent from states saved before it
         )
 
     def run_for(self, kind: str, job_name: str) -> Optional[Run]:
@@ -280,10 +304,11 @@ def on_tuning_changed(state: PipelineState, event: JobStateChanged,
 
 
 def on_training_changed(state: PipelineState, event: JobStateChanged, metrics: Optional[Dict[str, float]] = None,
-                        floor: float = QualityGate().accuracy_floor) -> Result:
+                        floor: float = QualityGate().accuracy_floor, now: Optional[float] = None) -> Result:
     """The instrumented run reached a status. First ``Completed`` -> the quality gate over
     ``metrics`` (``pipeline.final_metrics`` of the job's FinalMetricDataList) -> Deploy when it
-    passes; ``Failed``/``Stopped`` -> recorded. Tuning trials are ignored."""
+    passes, recorded in ``history`` at ``now``; ``Failed``/``Stopped`` -> recorded. Tuning trials are
+    ignored."""
     if event.launched_by_tuning_job or _seen(state, event.identity) \
             or state.run_for("training", event.name) is None:
         return state, []
@@ -309,8 +334,66 @@ def on_training_changed(state: PipelineState, event: JobStateChanged, metrics: O
         return new, [Record(f"model of {run.training_job} not deployed: {decision.reason}")]
     model = names.model_name(run.dataset, run.marker)
     new.deployed = DeployedModel(model_name=model, dataset=run.dataset, marker=run.marker,
-                                 test_acc=decision.candidate_accuracy, training_job=run.training_job)
+                                 test_acc=decision.candidate_accuracy, training_job=run.training_job,
+                                 reason=decision.reason, chosen_at=now)
+    new.history.append(Choice(model, run.dataset, run.marker, run.training_job, decision.candidate_accuracy,
+                              dict(run.metrics), GATE, decision.reason, now))
     return new, [Deploy(run.dataset, run.marker, run.training_job, model, decision.candidate_accuracy)]
+
+
+# --- a person's choice: serve a model the gate deployed before ------------------------------------------
+
+@dataclass(frozen=True)
+class ServeRefusal:
+    """Why a model cannot be served now: ``status`` 404 (never deployed) or 409 (not now), and words."""
+    status: int
+    code: str
+    message: str
+
+
+def deployed_choice(state: PipelineState, model_name: str) -> Optional[Choice]:
+    """The gate's (first) record of deploying ``model_name``; None when the gate never deployed it."""
+    return next((c for c in state.history if c.model_name == model_name and c.chosen_by == GATE), None)
+
+
+def serve_refusal(state: PipelineState, model_name: str, endpoint: str,
+                  seen: Optional[EndpointSeen]) -> Optional[ServeRefusal]:
+    """Why ``model_name`` may not be put on ``endpoint`` (as DescribeEndpoint ``seen`` it) now, or None.
+    Refused: a model the gate never deployed (404); an endpoint that is changing, on which SageMaker
+    refuses UpdateEndpoint, or a deployment still under way (409); the model the endpoint serves (409)."""
+    if deployed_choice(state, model_name) is None:
+        known = ", ".join(dict.fromkeys(c.model_name for c in state.history)) or "none yet"
+        return ServeRefusal(404, "NotFound", f"model {model_name!r} was never deployed by the quality gate; "
+                                             f"the models it deployed: {known} (GET /status lists them)")
+    if seen is not None and seen.status in CHANGING:
+        return ServeRefusal(409, "Conflict", f"endpoint {endpoint} is {seen.status}: SageMaker accepts no other "
+                                             f"model until it is InService; try again in a few minutes")
+    deployed = state.deployed
+    if deployed is not None and deployed.deployment == DEPLOYING:
+        waiting = f" ({deployed.waiting})" if deployed.waiting else ""
+        return ServeRefusal(409, "Conflict", f"model {deployed.model_name} is being deployed{waiting}: choose "
+                                             f"another once it serves or is given up (GET /status)")
+    if (deployed is not None and deployed.model_name == model_name and deployed.deployment == SERVING
+            and seen is not None and seen.status == "InService"
+            and seen.config_name == names.endpoint_config_name(deployed.dataset, deployed.marker)):
+        return ServeRefusal(409, "Conflict", f"endpoint {endpoint} serves model {model_name} already")
+    return None
+
+
+def on_serve_requested(state: PipelineState, model_name: str, chosen_by: str, reason: Optional[str],
+                       now: Optional[float]) -> Result:
+    """A person chose to serve ``model_name`` again (``serve_refusal`` said yes): it becomes the deployed
+    model, to be put on the endpoint through the same lifecycle as a model the gate chose (Deploy), and
+    the choice is added to ``history`` with who made it and why."""
+    earlier = deployed_choice(state, model_name)
+    new = copy.deepcopy(state)
+    why = reason or "no reason given"
+    new.deployed = DeployedModel(model_name=model_name, dataset=earlier.dataset, marker=earlier.marker,
+                                 test_acc=earlier.test_acc, training_job=earlier.training_job,
+                                 chosen_by=chosen_by, reason=why, chosen_at=now)
+    new.history.append(Choice(model_name, earlier.dataset, earlier.marker, earlier.training_job, earlier.test_acc,
+                              dict(earlier.metrics), chosen_by, why, now))
+    return new, [Deploy(earlier.dataset, earlier.marker, earlier.training_job, model_name, earlier.test_acc)]
 
 
 # Why SageMaker stopped a training job (its SecondaryStatus when the status is Stopped).
