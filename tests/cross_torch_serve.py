@@ -5,7 +5,8 @@ it answered: run as a script by tests/test_cross_torch.py under either venv (our
 
 The handlers are loaded from MODEL_DIR/code/inference.py (the artifact's copy, as the toolkit loads them) and
 each image goes through model_fn, input_fn (image/jpeg), predict_fn and output_fn (every class ranked).
-OUT.json: {"python", "torch", "torchvision": the versions that served, "predictions": per image, the
+OUT.json: {"python", "torch", "torchvision": the versions that served, "variant": the serving variant
+model_fn chose (DOGBREEDS_INFERENCE_VARIANT forces one), "predictions": per image, the
 output_fn body's predictions, most probable first}.
 """
 
@@ -33,8 +34,8 @@ def load_handlers(code_dir: Path):
     return module
 
 
-def serve(model_dir: Path, images: list[Path]) -> list[list[dict]]:
-    """Per image, the ranked predictions output_fn returns for it."""
+def serve(model_dir: Path, images: list[Path]) -> tuple[str, list[list[dict]]]:
+    """The serving variant model_fn chose, and per image the ranked predictions output_fn returns for it."""
     handlers = load_handlers(model_dir / "code")
     model = handlers.model_fn(str(model_dir))
     answers = []
@@ -42,7 +43,7 @@ def serve(model_dir: Path, images: list[Path]) -> list[list[dict]]:
         request = handlers.input_fn(image.read_bytes(), "image/jpeg")
         body, _content_type = handlers.output_fn(handlers.predict_fn(request, model), EVERY_CLASS)
         answers.append(json.loads(body)["predictions"])
-    return answers
+    return model.variant, answers
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -52,8 +53,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("images", type=Path, nargs="+")
     args = parser.parse_args(argv)
     torch.set_num_threads(2)
+    variant, predictions = serve(args.model_dir, args.images)
     record = {"python": platform.python_version(), "torch": torch.__version__,
-              "torchvision": torchvision.__version__, "predictions": serve(args.model_dir, args.images)}
+              "torchvision": torchvision.__version__, "variant": variant, "predictions": predictions}
     args.out.write_text(json.dumps(record))
 
 

@@ -28,7 +28,7 @@ ROLE = "dogbreeds-sagemaker-dev"
 ROLE_ARN = f"arn:aws:iam::{ACCOUNT}:role/{ROLE}"
 FUNCTIONS = ["dogbreeds-dev", "dogbreeds-dev-on_bucket_event", "dogbreeds-dev-on_sagemaker_event",
              "dogbreeds-dev-reconcile"]
-ROUTES = {"/predict", "/status", "/batch", "/batch/{batch_id}"}
+ROUTES = {"/predict", "/status", "/batch", "/batch/{batch_id}", "/models/{model}/serve"}
 # What deploy reads when it decides: the same calls for --plan and for a deploy that changes nothing.
 READS_OF_A_DEPLOYED_STAGE = [
     "sts.GetCallerIdentity", "s3.GetBucketLocation", "s3.GetBucketTagging", "s3.GetBucketNotificationConfiguration",

@@ -80,12 +80,13 @@ def test_the_runs_files_keep_their_contract_shape(healthy):
     keys = {m["type"]: list(m) for m in metrics}
     assert keys == {"step": ["type", "time", "step", "epoch", "loss", "data_seconds", "compute_seconds"],
                     "epoch": ["type", "time", "epoch", "train_loss", "train_acc", "val_loss", "val_acc", "seconds"],
-                    "test": ["type", "time", "split", "test_loss", "test_acc"]}
+                    "test": ["type", "time", "split", "test_loss", "test_acc"],
+                    "features": ["type", "time", "source", "key", "images", "store", "reason"]}
     assert metrics[-1]["type"] == "test"
 
     model = json.loads((out / "model" / "model.json").read_text())
     assert list(model) == ["format_version", "arch", "image_size", "classes", "labels", "normalization",
-                           "hyperparameters", "metrics", "dataset", "versions"]
+                           "hyperparameters", "metrics", "dataset", "versions", "variants"]
     assert list(model["metrics"]) == ["test_loss", "test_acc", "best_val_acc", "best_epoch", "epochs_run",
                                       "test_split"]
 
@@ -205,18 +206,21 @@ def test_a_class_duplicated_tenfold_fires_class_imbalance(dataset_copy, tmp_path
 
 def test_huge_images_for_a_tiny_model_fire_cpu_bottleneck(tmp_path):
     rng = np.random.default_rng(0)
-    for split, count in (("train", 6), ("valid", 2), ("test", 2)):
+    for split, count in (("train", 14), ("valid", 2), ("test", 2)):
         for cls in range(3):
             folder = tmp_path / "data" / split / f"00{cls + 1}.Class_{cls}"
             folder.mkdir(parents=True)
             for i in range(count):  # lossless, 2.6 MP: slow to decode, while the model sees 32 px
                 render_image(cls, rng, (1920, 1360)).save(folder / f"{i}.png", compress_level=1)
-    summary = run_training(tmp_path / "data", tmp_path / "out", "--image-size=32", "--batch-size=4",
-                           "--epochs=1")
+    # full fine-tuning: every training batch comes through the loader (head-only training would read each image
+    # once, in a few 64-image feature-extraction batches, too few for the rule to judge)
+    summary = run_training(tmp_path / "data", tmp_path / "out", "--image-size=32", "--batch-size=8",
+                           "--epochs=1", "--finetune=full")
     result = rule(summary, "CPUBottleneck")
     assert result.status == "IssuesFound", result
     assert result.evidence["data_wait_share"] >= 0.5
     assert result.evidence["median_data_seconds"] > result.evidence["median_compute_seconds"]
+    assert result.evidence["batches"] == 5  # 6 batches (5 of 8, 1 of 2) from 42 images, less the first (start-up)
 
 
 def test_a_killed_data_loader_worker_fails_the_job_with_data_loader_stall(dataset5, tmp_path):

@@ -575,7 +575,7 @@ def cached_source(args, ctx, model, plan, loader, skipped) -> BatchSource:
             features, stored_skipped = found
             skipped += [s for s in stored_skipped if s not in skipped]
             log.info("loaded feature set %s from %s", key, store.root)
-            ctx.metrics.write("features", source="loaded", key=key, images=0, store=str(store.root))
+            ctx.metrics.write("features", source="loaded", key=key, images=0, store=str(store.root), reason=why)
         else:
             if why != "absent":
                 log.warning("feature set %s in %s is not usable, recomputing: %s", key, store.root, why)

@@ -8,7 +8,8 @@ An endpoint changes as on SageMaker, and refuses what SageMaker refuses:
 - ``CreateEndpoint`` makes it ``Creating``, ``UpdateEndpoint`` makes it ``Updating``; a thread waits
   at least ``change_seconds`` (SageMaker takes minutes), then loads and warms the model up (a new
   server, or ``swap`` on the running one), and only then is the endpoint ``InService``. Each status
-  change emits its State Change event. While ``Updating``, the old model keeps serving.
+  change emits its State Change event, under the records lock, so events leave in the order the statuses
+  were recorded. While ``Updating``, the old model keeps serving.
 - A model that cannot be loaded (no ``code/inference.py``, a handler that raises) ends a create
   ``Failed`` with the error as ``FailureReason``; so does a failure armed with ``fail_next_change``
   (the stand-in for no capacity or a bad image), for the next create or update of that endpoint.
@@ -88,7 +89,7 @@ class Endpoints:
                       "CreationTime": now().isoformat(), "LastModifiedTime": now().isoformat(), **extra,
                       "_Change": change}
             self.records.put("endpoint", name, record)
-        self.resources.emit("endpoint", record)
+            self.resources.emit("endpoint", record)
         self._start_change(name, config_name, change, fault)
         return {"EndpointArn": record["EndpointArn"]}
 
@@ -103,7 +104,7 @@ class Endpoints:
             self.resources.describe("endpoint-config", config_name, "UpdateEndpoint")
             change, fault = uuid.uuid4().hex, self._take_fault(name)
             record = self.resources.set_status("endpoint", name, "Updating", emit=False, _Change=change)
-        self.resources.emit("endpoint", record)
+            self.resources.emit("endpoint", record)
         self._start_change(name, config_name, change, fault)
         return {"EndpointArn": current["EndpointArn"]}
 
@@ -119,9 +120,9 @@ class Endpoints:
             change = uuid.uuid4().hex
             record = self.resources.set_status("endpoint", name, "Deleting", emit=False, _Change=change,
                                                _Url=None)
+            self.resources.emit("endpoint", record)
         if server is not None:
             server.stop()
-        self.resources.emit("endpoint", record)
         self.threads.start(self._forget, name, change, name=f"endpoint-{name}-delete")
         return {}
 
@@ -207,7 +208,7 @@ class Endpoints:
             if server is not None:
                 self._servers[endpoint] = server
             record = self.resources.set_status("endpoint", endpoint, status, emit=False, **changes)
-        self.resources.emit("endpoint", record)
+            self.resources.emit("endpoint", record)
         return True
 
     def url(self, endpoint: str) -> Optional[str]:

@@ -89,8 +89,8 @@ class Resources:
                 log.info("%s job %s is already %s; not changing it to %s", kind, name, current[status_field], status)
                 return current
             record = self.records.update(kind, name, **{status_field: status}, **changes)
-        if emit:
-            self.emit(kind, record)
+            if emit:    # under the lock: events leave in the order the statuses were recorded
+                self.emit(kind, record)
         return record
 
     def require_new(self, kind: str, name: str, operation: str) -> None:
