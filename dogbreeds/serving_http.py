@@ -63,6 +63,11 @@ class LocalHTTPServer(ThreadingHTTPServer):
     block_on_close = True
     request_queue_size = 128     # a burst of clients connecting at once must not hit a 5-deep backlog
 
+    def __init__(self, address, handler_cls):
+        self.connections: set = set()          # the open connections' handlers (TrackedConnection)
+        self.connections_lock = threading.Lock()
+        super().__init__(address, handler_cls)
+
     def server_bind(self):
         # HTTPServer.server_bind also resolves the host name (socket.getfqdn): a DNS round trip that
         # can stall without a network and that nothing here uses.
@@ -70,13 +75,31 @@ class LocalHTTPServer(ThreadingHTTPServer):
         self.server_name, self.server_port = self.server_address[:2]
 
 
+class TrackedConnection:
+    """A request handler mixin (before the handler class) that keeps each open connection in its
+    ``LocalHTTPServer``'s ``connections``, so ``close`` can end idle keep-alive connections at once."""
+
+    server: LocalHTTPServer
+
+    def setup(self):
+        super().setup()
+        with self.server.connections_lock:
+            self.server.connections.add(self)
+
+    def finish(self):
+        with self.server.connections_lock:
+            self.server.connections.discard(self)
+        try:
+            super().finish()
+        except OSError:                # the client went away
+            pass
+
+
 class ContainerHTTPServer(LocalHTTPServer):
     """Binds ``address`` at once (port 0: a free one) and serves ``app`` from ``start()`` on."""
 
     def __init__(self, address, app):
         self.app = app
-        self.connections: set = set()
-        self.connections_lock = threading.Lock()
         self._thread: threading.Thread | None = None
         super().__init__(address, _Handler)
 
@@ -118,7 +141,7 @@ class ContainerHTTPServer(LocalHTTPServer):
             self._thread = None
 
 
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(TrackedConnection, BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive: clients reuse their connection
     server_version = "dogbreeds-serving"
     disable_nagle_algorithm = True  # headers and body go out in separate writes
@@ -131,18 +154,6 @@ class _Handler(BaseHTTPRequestHandler):
     def app(self):
         return self.server.app
 
-    def setup(self):
-        super().setup()
-        with self.server.connections_lock:
-            self.server.connections.add(self)
-
-    def finish(self):
-        with self.server.connections_lock:
-            self.server.connections.discard(self)
-        try:
-            super().finish()
-        except OSError:
-            pass
 
     def handle_one_request(self):
         self.busy = False

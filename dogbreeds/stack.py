@@ -38,7 +38,7 @@ from chalice.local import ChaliceRequestHandler
 from chalicelib.config import PipelineConfig
 
 from .metrics import ApiMetrics, chalice_route_of, metered
-from .serving_http import LocalHTTPServer
+from .serving_http import LocalHTTPServer, TrackedConnection
 
 os.environ.setdefault("POWERTOOLS_TRACE_DISABLED", "1")      # no X-Ray daemon on this machine
 
@@ -122,8 +122,6 @@ class ApiServer(LocalHTTPServer):
     connections end at once, a request in progress gets its answer first."""
 
     def __init__(self, address, app, config, handler_cls=None):
-        self.connections: set = set()
-        self.connections_lock = threading.Lock()
         super().__init__(address, functools.partial(handler_cls or _ApiHandler, app_object=app, config=config))
 
     def close(self) -> None:
@@ -137,23 +135,11 @@ class ApiServer(LocalHTTPServer):
         self.server_close()                                   # joins the connection threads
 
 
-class _ApiHandler(ChaliceRequestHandler):
+class _ApiHandler(TrackedConnection, ChaliceRequestHandler):
     disable_nagle_algorithm = True     # headers and body go out in separate writes
     timeout = 60.0                     # an idle keep-alive connection is closed after a minute
     server: ApiServer
 
-    def setup(self):
-        super().setup()
-        with self.server.connections_lock:
-            self.server.connections.add(self)
-
-    def finish(self):
-        with self.server.connections_lock:
-            self.server.connections.discard(self)
-        try:
-            super().finish()
-        except OSError:                # the client went away
-            pass
 
     def log_message(self, format, *args):     # one stderr line per request is noise in a terminal
         log.debug("api: " + format, *args)
